@@ -1,0 +1,1 @@
+"""bigseq: sequence-to-sequence language models."""
