@@ -1,1 +1,13 @@
-"""bigseq: sequence-to-sequence language models."""
+"""bigseq: sequence-to-sequence language models (GRU and Transformer encoder-decoders).
+
+    import bigseq
+    run = bigseq.load("runs/g2p")
+    run.generate(["hello"], beam=5)
+"""
+
+from bigseq.api import Seq2SeqRun, load, train
+from bigseq.config import Config
+from bigseq.errors import BigseqError
+
+__all__ = ["BigseqError", "Config", "Seq2SeqRun", "load", "train"]
+__version__ = "0.1.0"

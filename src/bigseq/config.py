@@ -1,0 +1,296 @@
+"""Typed, self-checking configuration: dataclasses, YAML files, dotted overrides, presets.
+
+Resolution order (later wins): defaults -> preset -> YAML file -> CLI flags -> ``--set key=value``.
+The fully resolved config is written to ``RUN_DIR/config.yaml`` so a run directory needs nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bigseq.errors import ConfigError
+
+ARCHS = ("transformer", "gru")
+TOKENIZER_MODES = ("bpe", "unigram", "char", "word")
+SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+METRICS = ("exact_match", "wer", "per", "bleu", "chrf", "accuracy", "macro_f1")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture and sizes. Vocabulary sizes are filled in from the tokenizer at train time."""
+
+    arch: str = "transformer"
+    d_model: int = 256
+    n_heads: int = 4
+    enc_layers: int = 3
+    dec_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    positions: str = "sinusoidal"  # transformer: sinusoidal | learned
+    max_positions: int = 1024  # transformer: longest sequence the position table covers
+    tie_embeddings: bool = True  # decoder input embedding == output projection (and src==tgt when shared)
+    attention: bool = True  # gru: additive (Bahdanau) attention over the encoder states
+    bidirectional: bool = True  # gru: bidirectional encoder
+    src_vocab_size: int = 0
+    tgt_vocab_size: int = 0
+    shared_vocab: bool = True
+
+    def validate(self) -> None:
+        _choice("model.arch", self.arch, ARCHS)
+        _choice("model.positions", self.positions, ("sinusoidal", "learned"))
+        for name in ("d_model", "n_heads", "enc_layers", "dec_layers", "d_ff", "max_positions"):
+            _positive(f"model.{name}", getattr(self, name))
+        if self.arch == "transformer" and self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class DataConfig:
+    """Tokenization and length limits."""
+
+    src_tokenizer: str = "bpe"  # bpe | unigram | char | word
+    tgt_tokenizer: str = "bpe"
+    vocab_size: int = 8000  # bpe / unigram only
+    shared_vocab: bool = True  # one tokenizer for source and target (needs the same mode)
+    max_src_len: int = 256  # longer examples are truncated (tokens, before BOS/EOS)
+    max_tgt_len: int = 256
+
+    def validate(self) -> None:
+        _choice("data.src_tokenizer", self.src_tokenizer, TOKENIZER_MODES)
+        _choice("data.tgt_tokenizer", self.tgt_tokenizer, TOKENIZER_MODES)
+        if self.shared_vocab and self.src_tokenizer != self.tgt_tokenizer:
+            raise ConfigError(
+                "data.shared_vocab=true needs data.src_tokenizer == data.tgt_tokenizer "
+                f"(got {self.src_tokenizer!r} and {self.tgt_tokenizer!r}); set data.shared_vocab=false"
+            )
+        for name in ("vocab_size", "max_src_len", "max_tgt_len"):
+            _positive(f"data.{name}", getattr(self, name))
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, evaluation and stopping."""
+
+    max_steps: int = 10000
+    max_minutes: float | None = None
+    batch_tokens: int = 4096  # (source + target) tokens per micro-batch, padding included
+    grad_accum: int = 1
+    lr: float = 1e-3
+    warmup_steps: int = 1000
+    schedule: str = "inverse_sqrt"  # inverse_sqrt | cosine | constant
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    weight_decay: float = 0.01
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0  # 0 disables clipping
+    eval_every: int = 500  # steps
+    eval_examples: int = 1000  # valid examples decoded for the task metric at each eval (0 = all)
+    patience: int = 0  # evals without improvement before stopping (0 = never stop early)
+    metric: str = "loss"  # what "best" means: loss or a task metric
+    snapshot_minutes: list[float] = field(default_factory=list)  # also keep weights at these wall times
+    seed: int = 1
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    log_every: int = 20
+
+    def validate(self) -> None:
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _choice("train.metric", self.metric, ("loss", *METRICS))
+        for name in ("max_steps", "batch_tokens", "grad_accum", "eval_every", "log_every"):
+            _positive(f"train.{name}", getattr(self, name))
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0, got {self.max_minutes}")
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"train.adam_betas must have two values, got {self.adam_betas}")
+
+
+@dataclass
+class SearchConfig:
+    """Decoding defaults (each can be overridden per call)."""
+
+    beam: int = 1
+    length_penalty: float = 1.0  # score / length**alpha when ranking finished beams
+    n_best: int = 1
+    max_len_a: float = 2.0  # output length limit: a * source_length + b
+    max_len_b: int = 10
+    sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        _positive("search.beam", self.beam)
+        _positive("search.n_best", self.n_best)
+        _positive("search.batch_size", self.batch_size)
+        if self.n_best > self.beam:
+            raise ConfigError(f"search.n_best ({self.n_best}) cannot exceed search.beam ({self.beam})")
+        if self.temperature <= 0:
+            raise ConfigError(f"search.temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"search.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; written out whole as ``config.yaml``."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "bleu", "chrf"])
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        self.search.validate()
+        for m in self.metrics:
+            _choice("metrics[]", m, METRICS)
+        if self.train.metric != "loss" and self.train.metric not in self.metrics:
+            raise ConfigError(f"train.metric={self.train.metric!r} must be one of metrics={self.metrics}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return from_dict(read_yaml(path)).validate()
+
+
+# Model sizes by name. "tiny" is for tests and smoke runs; the rest follow common seq2seq practice.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {"model": {"d_model": 64, "n_heads": 4, "enc_layers": 2, "dec_layers": 2, "d_ff": 256}},
+    "small": {"model": {"d_model": 256, "n_heads": 4, "enc_layers": 3, "dec_layers": 3, "d_ff": 1024}},
+    "base": {"model": {"d_model": 512, "n_heads": 8, "enc_layers": 6, "dec_layers": 6, "d_ff": 2048}},
+    "large": {"model": {"d_model": 1024, "n_heads": 16, "enc_layers": 12, "dec_layers": 12, "d_ff": 4096}},
+}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Apply a nested dict onto ``base`` (or the defaults), checking every key and type."""
+    cfg = base if base is not None else Config()
+    _apply(cfg, data, prefix="")
+    return cfg
+
+
+def apply_preset(cfg: Config, name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return from_dict(PRESETS[name], cfg)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``["model.d_model=512", "train.lr=3e-4", ...]``; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. model.d_model=512), got {item!r}")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        nested: dict[str, Any] = {}
+        cur = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+        from_dict(nested, cfg)
+    return cfg
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {name!r}; valid keys here: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _apply(current, value, prefix=f"{name}.")
+        else:
+            setattr(obj, key, _coerce(name, value, hints[key]))
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(f"{name}[]", v, args[0]) for v in value]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept what Python accepts as a float.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ConfigError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")

@@ -1,0 +1,121 @@
+"""Token ids -> padded batches: length bucketing under a token budget, masks, deterministic order.
+
+A batch holds examples of similar length (little padding) and at most ``batch_tokens`` (source + target)
+tokens counting padding. The batch order of epoch ``e`` is a pure function of ``(seed, e)``, so a run
+that stops at (epoch, batch) can resume at exactly the same place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bigseq.data.readers import Example
+from bigseq.tokenizer import BOS, EOS, PAD, TokenizerPair
+
+
+@dataclass
+class PairSet:
+    """Encoded pairs. ``src[i]``: source ids (no BOS/EOS); ``tgt[i]``: BOS + target ids + EOS."""
+
+    src: list[list[int]]
+    tgt: list[list[int]]
+    truncated: int = 0  # examples cut to the length limits
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(map(len, self.src)) + sum(map(len, self.tgt))
+
+
+def encode_pairs(
+    examples: Sequence[Example],
+    toks: TokenizerPair,
+    max_src_len: int,
+    max_tgt_len: int,
+    all_references: bool = True,
+) -> PairSet:
+    """Tokenize examples; with ``all_references`` each reference becomes its own training pair,
+    otherwise only the first is used (e.g. for validation loss)."""
+    sources, targets = [], []
+    for ex in examples:
+        refs = ex.targets if all_references else ex.targets[:1]
+        for ref in refs:
+            sources.append(ex.source)
+            targets.append(ref)
+    src_ids = toks.src.encode_batch(sources)
+    tgt_ids = toks.tgt.encode_batch(targets)
+    truncated = sum(len(s) > max_src_len or len(t) > max_tgt_len for s, t in zip(src_ids, tgt_ids, strict=True))
+    return PairSet(
+        src=[s[:max_src_len] for s in src_ids],
+        tgt=[[BOS, *t[:max_tgt_len], EOS] for t in tgt_ids],
+        truncated=truncated,
+    )
+
+
+def make_batches(
+    src_lens: Sequence[int], tgt_lens: Sequence[int], batch_tokens: int, rng: np.random.Generator | None
+) -> list[np.ndarray]:
+    """Group example indices into length-bucketed batches of at most ``batch_tokens`` padded tokens.
+
+    With ``rng``, ties in length are broken at random and the batch order is shuffled; without it the
+    order is fixed (sorted by length), which is what evaluation wants.
+    """
+    n = len(src_lens)
+    src_a, tgt_a = np.asarray(src_lens), np.asarray(tgt_lens)
+    perm = rng.permutation(n) if rng is not None else np.arange(n)
+    # lexsort sorts by the last key first: by source length, then target length, then the random order.
+    order = perm[np.lexsort((tgt_a[perm], src_a[perm]))]
+    batches: list[np.ndarray] = []
+    start, max_s, max_t = 0, 0, 0
+    for pos, i in enumerate(order):
+        s, t = max(max_s, src_a[i]), max(max_t, tgt_a[i])
+        if pos > start and (pos - start + 1) * (s + t) > batch_tokens:
+            batches.append(order[start:pos])
+            start, s, t = pos, src_a[i], tgt_a[i]
+        max_s, max_t = s, t
+    if start < n:
+        batches.append(order[start:])
+    if rng is not None:
+        batches = [batches[j] for j in rng.permutation(len(batches))]
+    return batches
+
+
+def pad(seqs: Sequence[Sequence[int]], min_len: int = 1) -> Tensor:
+    """Right-pad id lists into a (B, L) long tensor."""
+    width = max(min_len, max((len(s) for s in seqs), default=0))
+    out = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+@dataclass
+class Batch:
+    """src: (B, S) ids; src_mask: (B, S) bool (True = token); tgt_in: (B, T) BOS + target;
+    tgt_out: (B, T) target + EOS, padded with PAD (ignored by the loss)."""
+
+    src: Tensor
+    src_mask: Tensor
+    tgt_in: Tensor
+    tgt_out: Tensor
+
+    @property
+    def n_target_tokens(self) -> int:
+        return int((self.tgt_out != PAD).sum())
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.src_mask.sum()) + self.n_target_tokens
+
+
+def collate(data: PairSet, idx: Sequence[int]) -> Batch:
+    src = pad([data.src[i] for i in idx])
+    tgt = pad([data.tgt[i] for i in idx], min_len=2)
+    return Batch(src=src, src_mask=src != PAD, tgt_in=tgt[:, :-1], tgt_out=tgt[:, 1:])

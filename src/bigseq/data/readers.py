@@ -1,0 +1,163 @@
+"""Read (source, target) examples from JSONL and TSV files; every error names file:line and the reason.
+
+Formats (see DESIGN.md, "The CLI contract"):
+
+- ``.jsonl``: one object per line with ``"source"`` and ``"target"``; the target is a string or a non-empty
+  list of strings (several correct references).
+- ``.tsv``: ``source<TAB>target``; a source repeated on several lines has several references, grouped
+  into one :class:`Example` at its first line.
+
+Blank (whitespace-only) lines are skipped everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bigseq.errors import DataError
+
+SUPPORTED_SUFFIXES = (".jsonl", ".tsv")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One source with its references. ``line`` is the 1-based line where the source first appears."""
+
+    source: str
+    targets: tuple[str, ...]
+    line: int
+
+
+def read_examples(path: str | Path, require_target: bool = True) -> list[Example]:
+    """Read a ``.jsonl`` or ``.tsv`` file into examples, in file order.
+
+    With ``require_target=False`` (inputs to generate), lines may omit the target; such examples have
+    ``targets == ()``. Raises :class:`DataError` on the first malformed line.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        examples = list(_read_jsonl(path, require_target))
+    elif suffix == ".tsv":
+        examples = _read_tsv(path, require_target)
+    else:
+        raise DataError(
+            f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
+            f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if not examples:
+        raise DataError(f"{path}: no examples found (empty file)")
+    return examples
+
+
+def read_lines(stream: Iterable[str]) -> list[str]:
+    """Read one input per line (generate's stdin), removing only the line ending."""
+    return [line.removesuffix("\n").removesuffix("\r") for line in stream]
+
+
+def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, text without line ending) for non-blank lines.
+
+    The file is read in binary and decoded line by line so that invalid UTF-8 is reported at its line,
+    and so that a large file is never held in memory as one string.
+    """
+    try:
+        f = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad = raw[e.start : e.start + 1].hex()
+                raise DataError(
+                    f"{path}:{lineno}: invalid UTF-8 (byte 0x{bad} at byte {e.start + 1})"
+                ) from None
+            if lineno == 1:
+                # Editors on Windows often write a byte-order mark; it is not part of the first source.
+                text = text.removeprefix("\ufeff")
+            text = text.removesuffix("\n").removesuffix("\r")
+            if text.strip():
+                yield lineno, text
+
+
+def _read_jsonl(path: Path, require_target: bool) -> Iterator[Example]:
+    for lineno, text in _numbered_lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object with 'source' and 'target', got {_kind(obj)}")
+        if "source" not in obj:
+            raise DataError(f"{where}: missing field 'source'")
+        source = obj["source"]
+        if not isinstance(source, str):
+            raise DataError(f"{where}: field 'source' must be a string, got {_kind(source)}")
+        source = source.strip()
+        if not source:
+            raise DataError(f"{where}: empty source")
+        if "target" not in obj:
+            if require_target:
+                raise DataError(f"{where}: missing field 'target'")
+            yield Example(source, (), lineno)
+            continue
+        yield Example(source, _jsonl_targets(obj["target"], where), lineno)
+
+
+def _jsonl_targets(target: object, where: str) -> tuple[str, ...]:
+    if isinstance(target, str):
+        return (target.strip(),)
+    if isinstance(target, list):
+        if not target:
+            raise DataError(f"{where}: field 'target' is an empty list; give at least one reference")
+        for i, ref in enumerate(target):
+            if not isinstance(ref, str):
+                raise DataError(f"{where}: field 'target'[{i}] must be a string, got {_kind(ref)}")
+        return tuple(ref.strip() for ref in target)
+    raise DataError(f"{where}: field 'target' must be a string or a list of strings, got {_kind(target)}")
+
+
+def _read_tsv(path: Path, require_target: bool) -> list[Example]:
+    # source -> (first line, references in first-occurrence order); dicts keep insertion order.
+    grouped: dict[str, tuple[int, dict[str, None]]] = {}
+    for lineno, text in _numbered_lines(path):
+        where = f"{path}:{lineno}"
+        fields = text.split("\t")
+        if len(fields) > 2 or (require_target and len(fields) != 2):
+            raise DataError(
+                f"{where}: expected 2 tab-separated fields (source<TAB>target), found {len(fields)}"
+            )
+        source = fields[0].strip()
+        if not source:
+            raise DataError(f"{where}: empty source")
+        _, refs = grouped.setdefault(source, (lineno, {}))
+        if len(fields) == 2:
+            refs.setdefault(fields[1].strip(), None)
+    return [Example(source, tuple(refs), first) for source, (first, refs) in grouped.items()]
+
+
+def _kind(value: object) -> str:
+    """Name a JSON value's type the way a person writing JSON would."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

@@ -1,0 +1,125 @@
+"""Text in, text out: batched translation of strings and evaluation of a dataset.
+
+Shared by the training loop (periodic validation), the ``generate`` / ``evaluate`` verbs and the Python API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bigseq import metrics as metrics_mod
+from bigseq.config import SearchConfig
+from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches, pad
+from bigseq.data.readers import Example
+from bigseq.search import Hypothesis, generate, max_lengths
+from bigseq.tokenizer import PAD, TokenizerPair
+
+
+def translate(
+    model: torch.nn.Module,
+    toks: TokenizerPair,
+    sources: Sequence[str],
+    search: SearchConfig,
+    max_src_len: int,
+    seed: int | None = None,
+) -> list[list[tuple[str, float]]]:
+    """Decode every source; returns, in input order, ``search.n_best`` (text, log-prob) pairs each.
+
+    Inputs are sorted by length into batches of ``search.batch_size`` so that little work goes to padding;
+    the result does not depend on that grouping (batch-size invariance of greedy and beam search).
+    """
+    was_training = model.training
+    model.eval()
+    ids = [s[:max_src_len] for s in toks.src.encode_batch(list(sources))]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    cap = model.config.max_positions - 1
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    out: list[list[tuple[str, float]]] = [[] for _ in ids]
+    try:
+        for start in range(0, len(order), search.batch_size):
+            chunk = order[start : start + search.batch_size]
+            src = pad([ids[i] for i in chunk])
+            mask = src != PAD
+            hyps = generate(
+                model,
+                src,
+                mask,
+                max_lengths(mask, search.max_len_a, search.max_len_b, cap),
+                beam=search.beam,
+                n_best=search.n_best,
+                length_penalty=search.length_penalty,
+                sample=search.sample,
+                temperature=search.temperature,
+                top_k=search.top_k,
+                top_p=search.top_p,
+                generator=gen,
+            )
+            for i, hs in zip(chunk, hyps, strict=True):
+                out[i] = _texts(toks, hs)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _texts(toks: TokenizerPair, hyps: list[Hypothesis]) -> list[tuple[str, float]]:
+    return [(toks.tgt.decode(h.tokens), h.score) for h in hyps]
+
+
+@torch.no_grad()
+def teacher_forced_loss(model: torch.nn.Module, data: PairSet, batch_tokens: int) -> tuple[float, int]:
+    """Mean per-token cross-entropy (nats, no label smoothing) and the number of target tokens."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for idx in make_batches([len(s) for s in data.src], [len(t) for t in data.tgt], batch_tokens, None):
+            b = collate(data, idx)
+            logits = model(b.src, b.src_mask, b.tgt_in)
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD, reduction="sum"
+            )
+            total += float(loss)
+            count += b.n_target_tokens
+    finally:
+        model.train(was_training)
+    return total / max(count, 1), count
+
+
+def evaluate(
+    model: torch.nn.Module,
+    toks: TokenizerPair,
+    examples: Sequence[Example],
+    search: SearchConfig,
+    metric_names: Sequence[str],
+    max_src_len: int,
+    max_tgt_len: int,
+    batch_tokens: int = 8192,
+    decode_examples: int = 0,
+) -> dict[str, float]:
+    """Loss / perplexity on the first reference of every example, and the task metrics on the decoded
+    outputs of a fixed random subset of ``decode_examples`` examples (0 = all) against all their references."""
+    data = encode_pairs(examples, toks, max_src_len, max_tgt_len, all_references=False)
+    loss, _ = teacher_forced_loss(model, data, batch_tokens)
+    result: dict[str, float] = {"n": len(examples), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    if metric_names:
+        subset = subsample(examples, decode_examples, seed=0)
+        preds = [h[0][0] for h in translate(model, toks, [e.source for e in subset], search, max_src_len)]
+        scores = metrics_mod.score(preds, [list(e.targets) for e in subset], metric_names)
+        scores.pop("n", None)
+        result.update(scores)
+        if len(subset) != len(examples):
+            result["n_decoded"] = len(subset)
+    return result
+
+
+def subsample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:
+    """A fixed random subset of ``n`` examples (all when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(examples):
+        return list(examples)
+    keep = np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False))
+    return [examples[i] for i in keep]

@@ -1,0 +1,95 @@
+"""The model interface that search, training and serving rely on.
+
+Every model is an ``nn.Module`` with three methods:
+
+- ``encode(src, src_mask) -> Memory``: run the encoder once.
+- ``decode(tgt, memory, cache) -> (logits, cache)``: with ``cache=None`` ``tgt`` is a whole prefix starting at
+  position 0; with a cache, ``tgt`` holds only the new tokens (usually one). The returned cache covers
+  everything decoded so far. Incremental decoding gives the same logits as a full pass (a test pins it).
+- ``forward(src, src_mask, tgt_in) -> logits``: teacher forcing for training, no cache built.
+
+Search never looks inside ``Memory`` or ``Cache``: it only reorders them along the batch dimension with
+``select`` (beam search, expanding a batch to several beams).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from bigseq.config import ModelConfig
+
+
+def _select(value: Any, index: Tensor) -> Any:
+    if isinstance(value, Tensor):
+        return value.index_select(0, index)
+    if isinstance(value, list):
+        return [_select(v, index) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_select(v, index) for v in value)
+    return value
+
+
+class Batched:
+    """Mixin for dataclasses whose tensors all have the batch as their first dimension."""
+
+    def select(self, index: Tensor):  # noqa: ANN201 - returns the same type
+        """Reorder / repeat rows: ``index`` (N,) long -> the same structure with batch size N."""
+        return dataclasses.replace(
+            self, **{f.name: _select(getattr(self, f.name), index) for f in dataclasses.fields(self)}
+        )
+
+
+@dataclasses.dataclass
+class Memory(Batched):
+    """Encoder output. ``states``: (B, S, D); ``mask``: (B, S) bool, True at real (non-pad) positions."""
+
+    states: Tensor
+    mask: Tensor
+    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    def select(self, index: Tensor) -> Memory:
+        return Memory(
+            self.states.index_select(0, index),
+            self.mask.index_select(0, index),
+            {k: v.index_select(0, index) for k, v in self.extra.items()},
+        )
+
+
+class Seq2Seq(Protocol):
+    config: ModelConfig
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Memory: ...
+
+    def decode(self, tgt: Tensor, memory: Memory, cache: Any | None = None) -> tuple[Tensor, Any]: ...
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor: ...
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model named by ``cfg.arch``. Vocabulary sizes must already be set."""
+    if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
+        raise ValueError("model.src_vocab_size / tgt_vocab_size must be set before building a model")
+    if cfg.arch == "transformer":
+        from bigseq.models.transformer import Transformer
+
+        return Transformer(cfg)
+    from bigseq.models.gru import GRUSeq2Seq
+
+    return GRUSeq2Seq(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
+    """(q_len, k_len) bool, True where query i (the last q_len of k_len positions) may attend key j."""
+    offset = k_len - q_len
+    q = torch.arange(q_len, device=device).unsqueeze(1) + offset
+    k = torch.arange(k_len, device=device).unsqueeze(0)
+    return k <= q

@@ -1,0 +1,228 @@
+"""Pre-LN Transformer encoder-decoder (Vaswani et al. 2017, with the layer norm before each sub-layer).
+
+Attention is ``F.scaled_dot_product_attention``; self-attention uses one fused QKV projection; the decoder
+keeps a growing key/value cache and projects the encoder memory for cross-attention once per generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bigseq.config import ModelConfig
+from bigseq.models.base import Batched, Memory, causal_mask
+
+
+@dataclasses.dataclass
+class TransformerCache(Batched):
+    """Decoder state. ``self_k/self_v[l]``: (B, H, capacity, Dh), filled up to ``length``;
+    ``cross_k/cross_v[l]``: (B, H, S, Dh), the memory projected once."""
+
+    self_k: list[Tensor]
+    self_v: list[Tensor]
+    cross_k: list[Tensor]
+    cross_v: list[Tensor]
+    length: int = 0
+
+
+def sinusoid_table(n: int, d: int) -> Tensor:
+    """(n, d) fixed sinusoidal position encodings."""
+    pos = torch.arange(n, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n, d)
+    table[:, 0::2] = torch.sin(pos * div)
+    table[:, 1::2] = torch.cos(pos * div[: d // 2])
+    return table
+
+
+class Attention(nn.Module):
+    """Multi-head attention; ``self_attn`` fuses Q, K and V into one projection."""
+
+    def __init__(self, d: int, heads: int, dropout: float, self_attn: bool) -> None:
+        super().__init__()
+        self.h, self.dh, self.dropout = heads, d // heads, dropout
+        if self_attn:
+            self.qkv = nn.Linear(d, 3 * d)
+        else:
+            self.q = nn.Linear(d, d)
+            self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+
+    def split(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, H, T, Dh)"""
+        b, t, _ = x.shape
+        return x.view(b, t, self.h, self.dh).transpose(1, 2)
+
+    def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of the memory (B, S, D) -> 2 x (B, H, S, Dh)."""
+        k, v = self.kv(mem).chunk(2, dim=-1)
+        return self.split(k), self.split(v)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
+        p = self.dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        b, _, t, _ = o.shape
+        return self.out(o.transpose(1, 2).reshape(b, t, self.h * self.dh))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=True)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x: (B, S, D); mask: (B, 1, 1, S) bool, True = attend."""
+        q, k, v = self.attn.qkv(self.ln1(x)).chunk(3, dim=-1)
+        x = x + self.drop(self.attn.attend(self.attn.split(q), self.attn.split(k), self.attn.split(v), mask))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.self_attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=True)
+        self.cross_attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=False)
+        self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        mem_mask: Tensor,
+        cross_kv: tuple[Tensor, Tensor],
+        cache: TransformerCache | None,
+        layer: int,
+    ) -> Tensor:
+        """x: (B, T, D) new positions; mem_mask: (B, 1, 1, S). With a cache, keys/values are appended to it."""
+        a = self.self_attn
+        q, k, v = a.qkv(self.ln1(x)).chunk(3, dim=-1)
+        q, k, v = a.split(q), a.split(k), a.split(v)
+        if cache is None:
+            h = a.attend(q, k, v, None, causal=x.shape[1] > 1)
+        else:
+            start, t = cache.length, x.shape[1]
+            cache.self_k[layer][:, :, start : start + t] = k
+            cache.self_v[layer][:, :, start : start + t] = v
+            k = cache.self_k[layer][:, :, : start + t]
+            v = cache.self_v[layer][:, :, : start + t]
+            # One new token may see every cached position: no mask needed (the common, fast case).
+            mask = None if t == 1 else causal_mask(t, start + t, x.device)
+            h = a.attend(q, k, v, mask)
+        x = x + self.drop(h)
+        c = self.cross_attn
+        x = x + self.drop(c.attend(c.split(c.q(self.ln2(x))), *cross_kv, mem_mask))
+        return x + self.drop(self.ff(self.ln3(x)))
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer with tied embeddings. See ``bigseq.models.base`` for the interface."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = cfg.d_model
+        self.scale = math.sqrt(d)
+        self.src_embed = nn.Embedding(cfg.src_vocab_size, d, padding_idx=0)
+        share = cfg.shared_vocab and cfg.tie_embeddings and cfg.src_vocab_size == cfg.tgt_vocab_size
+        self.tgt_embed = self.src_embed if share else nn.Embedding(cfg.tgt_vocab_size, d, padding_idx=0)
+        if cfg.positions == "learned":
+            self.pos = nn.Parameter(torch.randn(cfg.max_positions, d) * 0.02)
+        else:
+            self.register_buffer("pos", sinusoid_table(cfg.max_positions, d), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.enc_ln, self.dec_ln = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, cfg.tgt_vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                # With sqrt(d) scaling and tied output weights, std d^-1/2 keeps both uses well scaled.
+                nn.init.normal_(m.weight, std=self.config.d_model**-0.5)
+                nn.init.zeros_(m.weight[0])
+
+    def _embed(self, table: nn.Embedding, ids: Tensor, start: int) -> Tensor:
+        """ids: (B, T) -> (B, T, D) scaled embeddings plus positions start..start+T-1."""
+        end = start + ids.shape[1]
+        if end > self.config.max_positions:
+            raise ValueError(
+                f"sequence of {end} positions exceeds model.max_positions={self.config.max_positions}"
+            )
+        return self.drop(table(ids) * self.scale + self.pos[start:end])
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
+        """src: (B, S) ids; src_mask: (B, S) bool (True = token) -> Memory with states (B, S, D)."""
+        x = self._embed(self.src_embed, src, 0)
+        mask = src_mask[:, None, None, :]
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return Memory(self.enc_ln(x), src_mask)
+
+    def new_cache(self, memory: Memory, capacity: int = 32) -> TransformerCache:
+        b = memory.states.shape[0]
+        h, dh = self.config.n_heads, self.config.d_model // self.config.n_heads
+        cross = [layer.cross_attn.project_kv(memory.states) for layer in self.decoder]
+        empty = memory.states.new_zeros(b, h, capacity, dh)
+        n = len(self.decoder)
+        return TransformerCache(
+            self_k=[empty.clone() for _ in range(n)],
+            self_v=[empty.clone() for _ in range(n)],
+            cross_k=[k for k, _ in cross],
+            cross_v=[v for _, v in cross],
+        )
+
+    def decode(
+        self, tgt: Tensor, memory: Memory, cache: TransformerCache | None = None
+    ) -> tuple[Tensor, TransformerCache]:
+        """tgt: (B, T) ids (new tokens if ``cache`` is given) -> logits (B, T, V) and the updated cache.
+
+        The cache is updated in place and returned; callers must use the returned one.
+        """
+        if cache is None:
+            cache = self.new_cache(memory, capacity=max(32, 2 * tgt.shape[1]))
+        need = cache.length + tgt.shape[1]
+        if need > cache.self_k[0].shape[2]:
+            _grow(cache, max(need, 2 * cache.self_k[0].shape[2]))
+        x = self._embed(self.tgt_embed, tgt, cache.length)
+        mem_mask = memory.mask[:, None, None, :]
+        for i, layer in enumerate(self.decoder):
+            x = layer(x, mem_mask, (cache.cross_k[i], cache.cross_v[i]), cache, i)
+        cache.length = need
+        return self.lm_head(self.dec_ln(x)), cache
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing. src: (B, S); src_mask: (B, S) bool; tgt_in: (B, T) -> logits (B, T, V)."""
+        memory = self.encode(src, src_mask)
+        x = self._embed(self.tgt_embed, tgt_in, 0)
+        mem_mask = src_mask[:, None, None, :]
+        for layer in self.decoder:
+            x = layer(x, mem_mask, layer.cross_attn.project_kv(memory.states), None, 0)
+        return self.lm_head(self.dec_ln(x))
+
+
+def _grow(cache: TransformerCache, capacity: int) -> None:
+    """Reallocate the self-attention buffers to ``capacity`` positions (amortised doubling)."""
+    for buf in (cache.self_k, cache.self_v):
+        for i, t in enumerate(buf):
+            b, h, _, dh = t.shape
+            new = t.new_zeros(b, h, capacity, dh)
+            new[:, :, : cache.length] = t[:, :, : cache.length]
+            buf[i] = new

@@ -1,0 +1,195 @@
+"""Decoding: greedy, beam search (length penalty, n-best) and sampling (temperature, top-k, top-p).
+
+Works for any model of the ``bigseq.models.base`` interface: ``encode`` once, then ``decode`` one token at a
+time with the model's cache. Every example carries its own length limit and its own finished flag, so an
+input gets the same greedy and beam output whatever batch it sits in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bigseq.tokenizer import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One output: token ids (no BOS / EOS / padding) and its total log-probability."""
+
+    tokens: list[int]
+    score: float
+
+
+def max_lengths(src_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
+    """(B,) output length limits a * source_length + b, at most ``cap``; from each example's own length."""
+    lengths = src_mask.sum(1).float()
+    return (lengths * a + b).floor().long().clamp(min=1, max=cap)
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    src: Tensor,
+    src_mask: Tensor,
+    max_lens: Tensor,
+    *,
+    beam: int = 1,
+    n_best: int = 1,
+    length_penalty: float = 1.0,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses."""
+    if sample:
+        hyps = _greedy_or_sample(model, src, src_mask, max_lens, temperature, top_k, top_p, generator)
+        return [[h] for h in hyps]
+    if beam == 1:
+        return [[h] for h in _greedy_or_sample(model, src, src_mask, max_lens)]
+    return _beam(model, src, src_mask, max_lens, beam, n_best, length_penalty)
+
+
+def _finish(tokens: Tensor) -> list[int]:
+    out = []
+    for t in tokens.tolist():
+        if t in (EOS, PAD):
+            break
+        out.append(t)
+    return out
+
+
+def _restrict_to_eos(logp: Tensor, rows: Tensor) -> Tensor:
+    """Rows that reached their length limit may only end: every token but EOS gets -inf."""
+    if rows.any():
+        eos = logp[:, EOS].clone()
+        logp = logp.masked_fill(rows[:, None], float("-inf"))
+        logp[:, EOS] = torch.where(rows, eos, logp[:, EOS])
+    return logp
+
+
+def _greedy_or_sample(
+    model: torch.nn.Module,
+    src: Tensor,
+    src_mask: Tensor,
+    max_lens: Tensor,
+    temperature: float | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[Hypothesis]:
+    """Greedy decoding, or sampling when ``temperature`` is given. Finished rows leave the batch."""
+    b = src.shape[0]
+    memory = model.encode(src, src_mask)
+    active = torch.arange(b, device=src.device)  # original row of each row still decoding
+    last = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
+    steps: list[tuple[Tensor, Tensor]] = []  # (rows, tokens) per step
+    scores = torch.zeros(b, device=src.device)
+    cache = None
+    for t in range(int(max_lens.max()) + 1):
+        logits, cache = model.decode(last, memory, cache)
+        logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+        logp = _restrict_to_eos(logp, t >= max_lens[active])
+        if temperature is None:
+            nxt = logp.argmax(-1)
+        else:
+            nxt = _sample(logp / temperature, top_k, top_p, generator)
+        scores[active] += logp.gather(1, nxt[:, None]).squeeze(1)
+        steps.append((active, nxt))
+        keep = nxt != EOS
+        if not keep.any():
+            break
+        if not keep.all():
+            # Shrinking the batch saves the work of decoding rows that are already done.
+            idx = keep.nonzero().squeeze(1)
+            active, nxt = active[idx], nxt[idx]
+            memory, cache = memory.select(idx), cache.select(idx)
+        last = nxt[:, None]
+    out = torch.full((b, len(steps)), PAD, dtype=torch.long)
+    for t, (rows, toks) in enumerate(steps):
+        out[rows.cpu(), t] = toks.cpu()
+    return [Hypothesis(_finish(out[i]), float(scores[i])) for i in range(b)]
+
+
+def _sample(logits: Tensor, top_k: int, top_p: float, generator: torch.Generator | None) -> Tensor:
+    """logits: (B, V) already divided by the temperature -> (B,) sampled ids."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the mass before it already reaches top_p (the first token always stays).
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def _beam(
+    model: torch.nn.Module,
+    src: Tensor,
+    src_mask: Tensor,
+    max_lens: Tensor,
+    k: int,
+    n_best: int,
+    length_penalty: float,
+) -> list[list[Hypothesis]]:
+    """Beam search, vectorised over batch x beam.
+
+    A finished hypothesis stays in the beam and extends only with padding at no cost, so it competes with
+    live ones on its total log-probability; the search ends when every beam of every input has finished.
+    The final ranking divides each score by length**length_penalty.
+    """
+    b, device = src.shape[0], src.device
+    expand = torch.arange(b, device=device).repeat_interleave(k)
+    memory = model.encode(src, src_mask).select(expand)
+    lim = max_lens[expand]
+    scores = torch.zeros(b, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first at step 0
+    tokens = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
+    finished = torch.zeros(b * k, dtype=torch.bool, device=device)
+    lengths = torch.zeros(b * k, device=device)
+    base = (torch.arange(b, device=device) * k)[:, None]
+    cache = None
+    for t in range(int(max_lens.max()) + 1):
+        logits, cache = model.decode(tokens[:, -1:], memory, cache)
+        logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+        logp = _restrict_to_eos(logp, (t >= lim) & ~finished)
+        logp = logp.masked_fill(finished[:, None], float("-inf"))
+        logp[:, PAD] = torch.where(finished, 0.0, float("-inf"))
+        v = logp.shape[-1]
+        cand = (scores.view(-1, 1) + logp).view(b, k * v)
+        scores, idx = cand.topk(k, dim=-1)
+        rows = (base + idx // v).view(-1)
+        tok = (idx % v).view(-1)
+        was_finished = finished[rows]
+        tokens = torch.cat([tokens[rows], tok[:, None]], dim=1)
+        lengths = lengths[rows] + (~was_finished).float()
+        finished = was_finished | (tok == EOS)
+        if finished.all():
+            break
+        cache = cache.select(rows)
+    norm = scores.view(-1) / lengths.clamp(min=1) ** length_penalty
+    out = []
+    for i in range(b):
+        order = norm[i * k : (i + 1) * k].argsort(descending=True, stable=True)[:n_best]
+        out.append(
+            [Hypothesis(_finish(tokens[i * k + j, 1:]), float(scores.view(-1)[i * k + j])) for j in order]
+        )
+    return out
+
+
+@torch.no_grad()
+def score_targets(model: torch.nn.Module, src: Tensor, src_mask: Tensor, tgt: Tensor) -> Tensor:
+    """Total log-probability of each target. tgt: (B, T) ids starting with BOS, ending with EOS, then padding
+    -> (B,) log p(tgt[1:] | src)."""
+    logits = model(src, src_mask, tgt[:, :-1])
+    logp = F.log_softmax(logits.float(), dim=-1).gather(2, tgt[:, 1:, None]).squeeze(2)
+    return (logp * (tgt[:, 1:] != PAD)).sum(1)

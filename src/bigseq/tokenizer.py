@@ -1,0 +1,251 @@
+"""Tokenizers built on the Hugging Face ``tokenizers`` library: train, encode, decode, save, load.
+
+Four modes:
+
+- ``bpe``: byte-level BPE; every string (any script, unseen characters) round-trips exactly.
+- ``unigram``: SentencePiece-style Unigram with NFKC normalization; unseen characters become ``<unk>``.
+- ``char``: one token per Unicode character, spaces included; unseen characters become ``<unk>``.
+- ``word``: whitespace-separated tokens (e.g. phones ``HH AH L OW``); decode joins with single spaces.
+
+The special tokens always have the same ids: ``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3, followed by any
+extra special tokens (e.g. T5 sentinels). ``encode`` adds no BOS/EOS: the caller decides where they go.
+A saved tokenizer is one JSON file that ``tokenizers.Tokenizer.from_file`` loads alone; the mode is read
+back from the model and pre-tokenizer types stored in it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import tokenizers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+from bigseq.errors import BigseqError, ConfigError
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+MODES = ("bpe", "unigram", "char", "word")
+
+TOKENIZER_FILE = "tokenizer.json"
+TARGET_TOKENIZER_FILE = "tokenizer_target.json"
+
+# char/word keep every symbol seen min_frequency times; the trainers still want a cap, so give one no
+# real vocabulary reaches.
+_UNBOUNDED_VOCAB = 1 << 30
+
+
+class Tokenizer:
+    """A trained tokenizer: text <-> token ids, with fixed special-token ids."""
+
+    def __init__(self, tok: tokenizers.Tokenizer, mode: str) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"tokenizer mode {mode!r} is not valid; expected one of {', '.join(MODES)}")
+        self._tok = tok
+        self.mode = mode
+        # encode_batch_fast (tokenizers >= 0.20) skips computing offsets, which we never use.
+        self._encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        mode: str = "bpe",
+        vocab_size: int = 8000,
+        min_frequency: int = 1,
+        extra_special_tokens: Sequence[str] = (),
+    ) -> Tokenizer:
+        """Train on an iterable of texts (streamed; it may be a generator over a large corpus).
+
+        ``vocab_size`` caps bpe/unigram vocabularies (special tokens included); char/word keep every symbol
+        seen at least ``min_frequency`` times. ``extra_special_tokens`` get ids 4, 5, ... in order.
+        """
+        if mode not in MODES:
+            raise ConfigError(f"tokenizer mode {mode!r} is not valid; expected one of {', '.join(MODES)}")
+        specials = SPECIALS + list(extra_special_tokens)
+        if len(set(specials)) != len(specials):
+            raise ConfigError(
+                f"extra_special_tokens {list(extra_special_tokens)} repeat a token or one of {SPECIALS}"
+            )
+        if mode in ("bpe", "unigram") and vocab_size <= len(specials):
+            raise ConfigError(
+                f"tokenizer vocab_size must exceed the {len(specials)} special tokens, got {vocab_size}"
+            )
+        if min_frequency < 1:
+            raise ConfigError(f"tokenizer min_frequency must be >= 1, got {min_frequency}")
+
+        if mode == "bpe":
+            tok = tokenizers.Tokenizer(models.BPE())
+            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            tok.decoder = decoders.ByteLevel()
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size,
+                min_frequency=min_frequency,
+                special_tokens=specials,
+                # All 256 byte symbols, seen or not, so that no text ever needs <unk>.
+                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                show_progress=False,
+            )
+        elif mode == "unigram":
+            tok = tokenizers.Tokenizer(models.Unigram())
+            tok.normalizer = normalizers.NFKC()
+            tok.pre_tokenizer = pre_tokenizers.Metaspace()
+            tok.decoder = decoders.Metaspace()
+            trainer = trainers.UnigramTrainer(
+                vocab_size=vocab_size, special_tokens=specials, unk_token=SPECIALS[UNK], show_progress=False
+            )
+        else:
+            tok = tokenizers.Tokenizer(models.WordLevel(unk_token=SPECIALS[UNK]))
+            if mode == "char":
+                # [\s\S] rather than "." so that newlines are characters too.
+                tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+                tok.decoder = decoders.Fuse()
+            else:
+                # No decoder: the library then joins tokens with single spaces, which is what word mode wants.
+                tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+            trainer = trainers.WordLevelTrainer(
+                vocab_size=_UNBOUNDED_VOCAB,
+                min_frequency=min_frequency,
+                special_tokens=specials,
+                show_progress=False,
+            )
+        try:
+            tok.train_from_iterator(texts, trainer)
+        except Exception as e:  # the library raises plain Exception subclasses from Rust
+            raise BigseqError(f"training a {mode} tokenizer failed: {e}") from e
+        return cls(tok, mode)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load a tokenizer saved by :meth:`save` (or any compatible ``tokenizer.json``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise BigseqError(f"{path}: tokenizer file not found")
+        try:
+            tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise BigseqError(f"{path}: not a valid tokenizer file ({e})") from None
+        mode = _mode_of(tok)
+        if mode is None:
+            raise BigseqError(
+                f"{path}: tokenizer model {type(tok.model).__name__} with pre-tokenizer "
+                f"{type(tok.pre_tokenizer).__name__} is not one of bigseq's modes ({', '.join(MODES)})"
+            )
+        return cls(tok, mode)
+
+    def save(self, path: str | Path) -> None:
+        """Write the tokenizer as one JSON file (atomically: a crash never leaves half a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        self._tok.save(str(tmp))
+        os.replace(tmp, path)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without BOS/EOS."""
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without BOS/EOS (encoded in parallel by the library)."""
+        return [enc.ids for enc in self._encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``, skipping special tokens (``<unk>`` included). Truncate at EOS before calling."""
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        """:meth:`decode` for each sequence of ids."""
+        return self._tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included: model outputs have this many logits."""
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self._tok.id_to_token(i)
+
+    @property
+    def backend(self) -> tokenizers.Tokenizer:
+        """The underlying ``tokenizers.Tokenizer`` (for export to other libraries)."""
+        return self._tok
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(mode={self.mode!r}, vocab_size={self.vocab_size})"
+
+
+def _mode_of(tok: tokenizers.Tokenizer) -> str | None:
+    """Recover the mode from the saved JSON: the model type, and for WordLevel the pre-tokenizer."""
+    model, pre = tok.model, tok.pre_tokenizer
+    if isinstance(model, models.BPE):
+        return "bpe"
+    if isinstance(model, models.Unigram):
+        return "unigram"
+    if isinstance(model, models.WordLevel):
+        if isinstance(pre, pre_tokenizers.Split):
+            return "char"
+        if isinstance(pre, pre_tokenizers.WhitespaceSplit):
+            return "word"
+    return None
+
+
+@dataclass
+class TokenizerPair:
+    """Source and target tokenizers. ``shared``: one tokenizer (same object) for both sides."""
+
+    src: Tokenizer
+    tgt: Tokenizer
+    shared: bool
+
+    def save(self, run_dir: str | Path) -> None:
+        """Write ``tokenizer.json`` (source or shared) and, if not shared, ``tokenizer_target.json``."""
+        run_dir = Path(run_dir)
+        self.src.save(run_dir / TOKENIZER_FILE)
+        target_file = run_dir / TARGET_TOKENIZER_FILE
+        if self.shared:
+            # A leftover target file would make load() think the pair is not shared.
+            target_file.unlink(missing_ok=True)
+        else:
+            self.tgt.save(target_file)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> TokenizerPair:
+        """Load what :meth:`save` wrote; shared if there is no ``tokenizer_target.json``."""
+        run_dir = Path(run_dir)
+        src = Tokenizer.load(run_dir / TOKENIZER_FILE)
+        target_file = run_dir / TARGET_TOKENIZER_FILE
+        if target_file.exists():
+            return cls(src, Tokenizer.load(target_file), shared=False)
+        return cls(src, src, shared=True)
+
+
+def build_tokenizers(
+    sources: list[str],
+    targets: list[str],
+    src_mode: str,
+    tgt_mode: str,
+    vocab_size: int,
+    shared: bool,
+    min_frequency: int = 1,
+    extra_special_tokens: Sequence[str] = (),
+) -> TokenizerPair:
+    """Train the tokenizers for a task: one on sources + targets if ``shared``, else one per side."""
+    if shared:
+        if src_mode != tgt_mode:
+            raise ConfigError(
+                f"a shared tokenizer needs the same mode on both sides, got source {src_mode!r} "
+                f"and target {tgt_mode!r}; set them equal or turn sharing off"
+            )
+        tok = Tokenizer.train(
+            itertools.chain(sources, targets), src_mode, vocab_size, min_frequency, extra_special_tokens
+        )
+        return TokenizerPair(tok, tok, shared=True)
+    src = Tokenizer.train(sources, src_mode, vocab_size, min_frequency, extra_special_tokens)
+    tgt = Tokenizer.train(targets, tgt_mode, vocab_size, min_frequency, extra_special_tokens)
+    return TokenizerPair(src, tgt, shared=False)

@@ -1,0 +1,81 @@
+"""Checkpoints: weights in safetensors (never pickle), train state loaded with ``weights_only=True``.
+
+Every write goes to a temporary file in the same directory, is fsync'ed, then renamed over the target:
+a crash mid-save leaves the previous file intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from bigseq.errors import BigseqError
+
+WEIGHTS_FILE = "model.safetensors"
+STATE_DIR = "train_state"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync it, then atomically rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    # save_model drops the duplicate names of tied weights and records them; load_model restores the tie.
+    atomic_write(path, lambda tmp: save_model(model, tmp))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise BigseqError(f"{path}: weights file not found")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise BigseqError(f"{path}: cannot load weights (corrupt, truncated or another model?): {e}") from None
+    if missing or unexpected:
+        raise BigseqError(
+            f"{path}: weights do not match the model in config.yaml "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})"
+        )
+
+
+def save_state(state: dict[str, Any], path: str | Path) -> None:
+    """Optimizer / scheduler / RNG / data position. Only tensors and plain containers, so that it loads
+    with ``weights_only=True``."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BigseqError(f"{path}: train state not found; nothing to resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file, say so plainly
+        raise BigseqError(f"{path}: cannot load train state (corrupt or tampered?): {e}") from None

@@ -1,0 +1,145 @@
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from bigseq.data.readers import Example, read_examples, read_lines
+from bigseq.errors import DataError
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    path.write_bytes(content)
+    return path
+
+
+def jsonl(*objs: object) -> str:
+    return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs)
+
+
+def assert_error(path: Path, line: int | None, reason: str, **kwargs: object) -> None:
+    with pytest.raises(DataError) as info:
+        read_examples(path, **kwargs)
+    msg = str(info.value)
+    where = f"{path}:{line}:" if line is not None else f"{path}:"
+    assert msg.startswith(where), msg
+    assert reason in msg, msg
+
+
+# --- JSONL ---------------------------------------------------------------------------------------
+
+
+def test_jsonl_string_and_list_targets(tmp_path):
+    path = write(
+        tmp_path,
+        "d.jsonl",
+        jsonl(
+            {"source": "hello", "target": "HH AH L OW"},
+            {"source": " 机器学习 ", "target": ["machine learning", "ML "]},
+        ),
+    )
+    assert read_examples(path) == [
+        Example("hello", ("HH AH L OW",), 1),
+        Example("机器学习", ("machine learning", "ML"), 2),
+    ]
+
+
+def test_jsonl_crlf_blank_lines_and_bom(tmp_path):
+    content = "\ufeff" + '{"source": "a  b", "target": "x"}\r\n\r\n   \n{"source": "c", "target": "y"}'
+    path = write(tmp_path, "d.jsonl", content)
+    # Inner whitespace is kept; blank lines are skipped but still counted.
+    assert read_examples(path) == [Example("a  b", ("x",), 1), Example("c", ("y",), 4)]
+
+
+def test_jsonl_require_target_false(tmp_path):
+    path = write(tmp_path, "d.jsonl", jsonl({"source": "a"}, {"source": "b", "target": "B"}))
+    assert read_examples(path, require_target=False) == [Example("a", (), 1), Example("b", ("B",), 2)]
+    assert_error(path, 1, "missing field 'target'")
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('{"source": "a", "target": ', "malformed JSON"),
+        ('["a", "b"]', "expected a JSON object"),
+        ('{"target": "b"}', "missing field 'source'"),
+        ('{"source": "a"}', "missing field 'target'"),
+        ('{"source": 3, "target": "b"}', "field 'source' must be a string, got a number"),
+        ('{"source": "a", "target": null}', "field 'target' must be a string or a list of strings"),
+        ('{"source": "a", "target": []}', "field 'target' is an empty list"),
+        ('{"source": "a", "target": ["b", 2]}', "field 'target'[1] must be a string"),
+        ('{"source": "   ", "target": "b"}', "empty source"),
+    ],
+)
+def test_jsonl_errors_name_file_line_and_reason(tmp_path, line, reason):
+    path = write(tmp_path, "bad.jsonl", jsonl({"source": "ok", "target": "ok"}) + "\n" + line + "\n")
+    assert_error(path, 3, reason)
+
+
+def test_invalid_utf8_reported_at_its_line(tmp_path):
+    content = jsonl({"source": "a", "target": "b"}, {"source": "c", "target": "d"}).encode()
+    content += b'{"source": "\xff\xfe", "target": "x"}\n'
+    path = write(tmp_path, "d.jsonl", content)
+    assert_error(path, 3, "invalid UTF-8")
+    tsv = write(tmp_path, "d.tsv", b"a\tb\nc\td\ne\xc3\tf\n")
+    assert_error(tsv, 3, "invalid UTF-8")
+
+
+# --- TSV -----------------------------------------------------------------------------------------
+
+
+def test_tsv_groups_repeated_sources(tmp_path):
+    content = "read\tR EH D\nlive\tL IH V\nread\tR IY D\n\nread\tR EH D\nlive\tL AY V\r\nsolo\t S OW L OW \n"
+    path = write(tmp_path, "d.tsv", content)
+    assert read_examples(path) == [
+        Example("read", ("R EH D", "R IY D"), 1),
+        Example("live", ("L IH V", "L AY V"), 2),
+        Example("solo", ("S OW L OW",), 7),
+    ]
+
+
+def test_tsv_require_target_false(tmp_path):
+    path = write(tmp_path, "d.tsv", "a\nb\tB\n")
+    assert read_examples(path, require_target=False) == [Example("a", (), 1), Example("b", ("B",), 2)]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("no tab here", "found 1"),
+        ("a\tb\tc", "found 3"),
+        ("  \tb", "empty source"),
+    ],
+)
+def test_tsv_errors_name_file_line_and_reason(tmp_path, line, reason):
+    path = write(tmp_path, "bad.tsv", f"x\ty\n\n{line}\n")
+    assert_error(path, 3, reason)
+    if "found 3" in reason:
+        assert_error(path, 3, reason, require_target=False)
+
+
+# --- whole-file errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["empty.jsonl", "empty.tsv"])
+def test_empty_file(tmp_path, name):
+    path = write(tmp_path, name, "\n  \n\n")
+    assert_error(path, None, "no examples found (empty file)")
+
+
+def test_missing_file(tmp_path):
+    assert_error(tmp_path / "nope.jsonl", None, "file not found")
+
+
+def test_unsupported_suffix_names_supported_ones(tmp_path):
+    path = write(tmp_path, "d.csv", "a,b\n")
+    with pytest.raises(DataError, match=r"d\.csv.*\.jsonl.*\.tsv"):
+        read_examples(path)
+
+
+def test_read_lines_strips_only_the_newline():
+    stream = io.StringIO("  a b  \n\n机器\r\nlast")
+    assert read_lines(stream) == ["  a b  ", "", "机器", "last"]

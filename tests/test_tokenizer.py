@@ -1,0 +1,159 @@
+import pytest
+import tokenizers
+
+from bigseq.errors import BigseqError, ConfigError
+from bigseq.tokenizer import (
+    BOS,
+    EOS,
+    MODES,
+    PAD,
+    SPECIALS,
+    UNK,
+    Tokenizer,
+    TokenizerPair,
+    build_tokenizers,
+)
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Machine learning is fun, and  sequence models are  fun too.",
+    "机器学习很有趣。",
+    "G2P 模型 test",
+    "深度学习 and deep learning",
+] * 3
+PHONES = ["HH AH L OW", "W ER L D", "T EH S T", "M AA D AH L"]
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict[str, Tokenizer]:
+    # Train each mode once per module: tokenizer training is the slow part of these tests.
+    toks = {mode: Tokenizer.train(CORPUS, mode=mode, vocab_size=300) for mode in ("bpe", "unigram", "char")}
+    toks["word"] = Tokenizer.train(PHONES, mode="word")
+    return toks
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_special_ids_fixed(trained, mode):
+    tok = trained[mode]
+    assert (PAD, BOS, EOS, UNK) == (0, 1, 2, 3)
+    assert [tok.token_to_id(s) for s in SPECIALS] == [0, 1, 2, 3]
+    assert [tok.id_to_token(i) for i in range(4)] == SPECIALS
+    assert tok.mode == mode
+
+
+@pytest.mark.parametrize("mode", ["bpe", "unigram", "char"])
+@pytest.mark.parametrize("text", ["The lazy dog is fun.", "机器学习很有趣。", "G2P 模型 test"])
+def test_round_trip(trained, mode, text):
+    tok = trained[mode]
+    ids = tok.encode(text)
+    assert ids and all(i >= 4 for i in ids)  # no BOS/EOS added, no <unk> for seen characters
+    assert tok.decode(ids) == text
+
+
+def test_bpe_round_trips_unseen_text_exactly(trained):
+    tok = trained["bpe"]
+    text = "  Ünïcödé 🚀 zebra\tqua\r\nΩ 日本語  "
+    assert tok.decode(tok.encode(text)) == text
+    assert UNK not in tok.encode(text)
+
+
+@pytest.mark.parametrize("mode", ["unigram", "char"])
+def test_unseen_characters_map_to_unk(trained, mode):
+    assert UNK in trained[mode].encode("Z🚀")
+
+
+def test_char_mode_one_token_per_character_with_spaces(trained):
+    tok = trained["char"]
+    text = "fun  fox 机器"
+    ids = tok.encode(text)
+    assert len(ids) == len(text)
+    assert ids[3] == ids[4] == tok.token_to_id(" ")
+    assert tok.decode(ids) == text
+
+
+def test_word_mode_on_phones(trained):
+    tok = trained["word"]
+    ids = tok.encode("HH  AH L OW")
+    assert [tok.id_to_token(i) for i in ids] == ["HH", "AH", "L", "OW"]
+    assert tok.decode(ids) == "HH AH L OW"
+    assert tok.encode("HH QQ") == [tok.token_to_id("HH"), UNK]
+    assert tok.vocab_size == 4 + len({p for s in PHONES for p in s.split()})
+
+
+def test_decode_skips_specials_and_batch_matches_single(trained):
+    tok = trained["bpe"]
+    texts = ["fox", "机器学习很有趣。", "the dog"]
+    batch = tok.encode_batch(texts)
+    assert batch == [tok.encode(t) for t in texts]
+    assert tok.decode([BOS, *batch[0], EOS, PAD, PAD]) == "fox"
+    assert tok.decode_batch(batch) == texts
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_save_load_identical(trained, tmp_path, mode):
+    tok = trained[mode]
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    # The file alone is a valid HF tokenizer.
+    assert tokenizers.Tokenizer.from_file(str(path)).get_vocab_size() == tok.vocab_size
+    loaded = Tokenizer.load(path)
+    assert loaded.mode == mode
+    assert loaded.vocab_size == tok.vocab_size
+    texts = PHONES if mode == "word" else CORPUS[:5] + ["unseen Z🚀"]
+    assert loaded.encode_batch(texts) == tok.encode_batch(texts)
+
+
+def test_load_missing_or_corrupt(tmp_path):
+    with pytest.raises(BigseqError, match="nope.json"):
+        Tokenizer.load(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(BigseqError, match="bad.json"):
+        Tokenizer.load(bad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_extra_special_tokens(mode):
+    extras = ["<extra_id_0>", "<extra_id_1>"]
+    tok = Tokenizer.train(CORPUS[:5], mode=mode, vocab_size=300, extra_special_tokens=extras)
+    assert [tok.token_to_id(t) for t in SPECIALS + extras] == [0, 1, 2, 3, 4, 5]
+    ids = tok.encode("fox <extra_id_1> dog")
+    assert 5 in ids
+    assert "<extra_id" not in tok.decode(ids)
+
+
+def test_invalid_mode_and_settings():
+    with pytest.raises(ConfigError, match="bpe, unigram, char, word"):
+        Tokenizer.train(CORPUS, mode="sentencepiece")
+    with pytest.raises(ConfigError, match="vocab_size"):
+        Tokenizer.train(CORPUS, mode="bpe", vocab_size=4)
+    with pytest.raises(ConfigError, match="repeat"):
+        Tokenizer.train(CORPUS, mode="char", extra_special_tokens=["<s>"])
+
+
+def test_tokenizer_pair_shared(tmp_path):
+    pair = build_tokenizers(["fox dog"], ["狐狸 狗"], "char", "char", vocab_size=100, shared=True)
+    assert pair.shared and pair.src is pair.tgt
+    assert UNK not in pair.src.encode("狐狸 fox")
+    (tmp_path / "tokenizer_target.json").write_text("stale")
+    pair.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]
+    loaded = TokenizerPair.load(tmp_path)
+    assert loaded.shared and loaded.src is loaded.tgt
+    assert loaded.src.encode("狐狸 fox") == pair.src.encode("狐狸 fox")
+
+
+def test_tokenizer_pair_separate(tmp_path):
+    pair = build_tokenizers(["hello", "world"], PHONES, "bpe", "word", vocab_size=300, shared=False)
+    assert not pair.shared and pair.src.mode == "bpe" and pair.tgt.mode == "word"
+    pair.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer_target.json"]
+    loaded = TokenizerPair.load(tmp_path)
+    assert not loaded.shared
+    assert (loaded.src.mode, loaded.tgt.mode) == ("bpe", "word")
+    assert loaded.tgt.encode("HH AH") == pair.tgt.encode("HH AH")
+
+
+def test_shared_requires_same_mode():
+    with pytest.raises(ConfigError, match="same mode"):
+        build_tokenizers(["a"], ["b"], "bpe", "word", vocab_size=300, shared=True)
