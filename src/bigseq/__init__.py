@@ -1,8 +1,8 @@
 """bigseq: sequence-to-sequence language models (GRU and Transformer encoder-decoders).
 
-    import bigseq
-    run = bigseq.load("runs/g2p")
-    run.generate(["hello"], beam=5)
+import bigseq
+run = bigseq.load("runs/g2p")
+run.generate(["hello"], beam=5)
 """
 
 from bigseq.api import Seq2SeqRun, load, train

@@ -1,8 +1,8 @@
 """Python API: ``bigseq.train(...)`` makes a run directory, ``bigseq.load(run_dir)`` uses one.
 
-    run = bigseq.load("runs/g2p")
-    run.generate(["hello", "world"], beam=5)        # -> ["HH AH L OW", "W ER L D"]
-    run.evaluate("test.jsonl")                      # -> {"n": ..., "wer": ..., ...}
+run = bigseq.load("runs/g2p")
+run.generate(["hello", "world"], beam=5)        # -> ["HH AH L OW", "W ER L D"]
+run.evaluate("test.jsonl")                      # -> {"n": ..., "wer": ..., ...}
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ CONFIG_FILE = "config.yaml"
 class Seq2SeqRun:
     """A trained run directory: config, tokenizer(s) and weights, ready to generate, score and evaluate."""
 
-    def __init__(self, run_dir: str | Path, config: Config, toks: TokenizerPair, model: torch.nn.Module) -> None:
+    def __init__(
+        self, run_dir: str | Path, config: Config, toks: TokenizerPair, model: torch.nn.Module
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
         self.tokenizers = toks
@@ -54,7 +56,12 @@ class Seq2SeqRun:
         search settings: beam, n_best, length_penalty, sample, temperature, top_k, top_p, batch_size,
         max_len_a, max_len_b."""
         return translate(
-            self.model, self.tokenizers, list(sources), self._search(**search), self.config.data.max_src_len, seed
+            self.model,
+            self.tokenizers,
+            list(sources),
+            self._search(**search),
+            self.config.data.max_src_len,
+            seed,
         )
 
     def generate(self, sources: Sequence[str], seed: int | None = None, **search: Any) -> list[str]:
@@ -112,7 +119,9 @@ def train(
     valid_ex = read_examples(valid_path)
     if resume:
         if not (out / STATE_DIR / "state.pt").is_file():
-            raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)")
+            raise BigseqError(
+                f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)"
+            )
         saved = Config.load(out / CONFIG_FILE)
         cfg = replace(cfg, model=saved.model, data=saved.data)
         toks = TokenizerPair.load(out)

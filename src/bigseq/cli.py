@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     t.add_argument("--max-minutes", type=float, help="stop after this much wall time")
     t.add_argument("--config", type=Path, help="YAML config file (see a run's config.yaml for every key)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4"
+    )
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -89,7 +91,9 @@ def _train(args: argparse.Namespace) -> None:
     apply_overrides(cfg, args.set)
     cfg.validate()
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    summary = api.train(cfg, args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet, log=log)
+    summary = api.train(
+        cfg, args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet, log=log
+    )
     print(summary, file=sys.stderr)
 
 

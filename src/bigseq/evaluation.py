@@ -17,7 +17,7 @@ from bigseq.config import SearchConfig
 from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches, pad
 from bigseq.data.readers import Example
 from bigseq.search import Hypothesis, generate, max_lengths
-from bigseq.tokenizer import PAD, TokenizerPair
+from bigseq.tokenizer import PAD, UNK, TokenizerPair
 
 
 def translate(
@@ -35,7 +35,8 @@ def translate(
     """
     was_training = model.training
     model.eval()
-    ids = [s[:max_src_len] for s in toks.src.encode_batch(list(sources))]
+    # An empty source would leave nothing to attend to; give it one unknown token instead.
+    ids = [s[:max_src_len] or [UNK] for s in toks.src.encode_batch(list(sources))]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     cap = model.config.max_positions - 1
     gen = torch.Generator().manual_seed(seed) if seed is not None else None

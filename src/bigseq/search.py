@@ -65,7 +65,9 @@ def _finish(tokens: Tensor) -> list[int]:
 
 
 def _restrict_to_eos(logp: Tensor, rows: Tensor) -> Tensor:
-    """Rows that reached their length limit may only end: every token but EOS gets -inf."""
+    """Padding and BOS are never outputs; rows that reached their length limit may only end."""
+    logp[:, PAD] = float("-inf")
+    logp[:, BOS] = float("-inf")
     if rows.any():
         eos = logp[:, EOS].clone()
         logp = logp.masked_fill(rows[:, None], float("-inf"))
@@ -181,7 +183,10 @@ def _beam(
     for i in range(b):
         order = norm[i * k : (i + 1) * k].argsort(descending=True, stable=True)[:n_best]
         out.append(
-            [Hypothesis(_finish(tokens[i * k + j, 1:]), float(scores.view(-1)[i * k + j])) for j in order]
+            [
+                Hypothesis(_finish(tokens[i * k + j, 1:]), float(scores.view(-1)[i * k + j].detach()))
+                for j in order
+            ]
         )
     return out
 

@@ -51,7 +51,9 @@ def encode_pairs(
             targets.append(ref)
     src_ids = toks.src.encode_batch(sources)
     tgt_ids = toks.tgt.encode_batch(targets)
-    truncated = sum(len(s) > max_src_len or len(t) > max_tgt_len for s, t in zip(src_ids, tgt_ids, strict=True))
+    truncated = sum(
+        len(s) > max_src_len or len(t) > max_tgt_len for s, t in zip(src_ids, tgt_ids, strict=True)
+    )
     return PairSet(
         src=[s[:max_src_len] for s in src_ids],
         tgt=[[BOS, *t[:max_tgt_len], EOS] for t in tgt_ids],

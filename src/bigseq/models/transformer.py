@@ -75,7 +75,9 @@ class EncoderLayer(nn.Module):
         d = cfg.d_model
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=True)
-        self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d))
+        self.ff = nn.Sequential(
+            nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -92,7 +94,9 @@ class DecoderLayer(nn.Module):
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=True)
         self.cross_attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=False)
-        self.ff = nn.Sequential(nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d))
+        self.ff = nn.Sequential(
+            nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(

@@ -57,7 +57,9 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise BigseqError(f"{path}: cannot load weights (corrupt, truncated or another model?): {e}") from None
+        raise BigseqError(
+            f"{path}: cannot load weights (corrupt, truncated or another model?): {e}"
+        ) from None
     if missing or unexpected:
         raise BigseqError(
             f"{path}: weights do not match the model in config.yaml "

@@ -23,7 +23,14 @@ from bigseq.data.batching import PairSet, collate, make_batches
 from bigseq.data.readers import Example
 from bigseq.evaluation import evaluate
 from bigseq.tokenizer import PAD, TokenizerPair
-from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_state, load_weights, save_state, save_weights
+from bigseq.train.checkpoint import (
+    STATE_DIR,
+    WEIGHTS_FILE,
+    load_state,
+    load_weights,
+    save_state,
+    save_weights,
+)
 
 LOWER_IS_BETTER = {"loss", "wer", "per", "perplexity"}
 
@@ -109,7 +116,14 @@ def fit(
     budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
     snapshots = sorted(tc.snapshot_minutes)
     t0 = time.perf_counter() - elapsed
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True, mininterval=0.5)
+    bar = tqdm(
+        total=tc.max_steps,
+        initial=step,
+        disable=not progress,
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
     model.train()
     stopped_by, window_loss, window_tokens, window_t = "max_steps", 0.0, 0, time.perf_counter()
     metrics_path = out / "metrics.jsonl"
@@ -120,7 +134,9 @@ def fit(
         for _ in range(tc.grad_accum):
             if pos >= len(batches):
                 epoch, pos = epoch + 1, 0
-                batches = make_batches(src_lens, tgt_lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]))
+                batches = make_batches(
+                    src_lens, tgt_lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch])
+                )
             micro.append(collate(train_data, batches[pos]))
             pos += 1
         n_tgt = sum(b.n_target_tokens for b in micro)

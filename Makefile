@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel; override for GPUs, e.g. `make TORCH="torch==2.13.0 --index-url ..." demo`.
+TORCH ?= torch==2.13.0
+DEMO_MINUTES ?= 5
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+G2P := recipes/g2p_cmudict
+
+.PHONY: setup test demo lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[dev,recipes]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests recipes
+	$(BIN)/ruff format --check src tests recipes
+
+# Grapheme-to-phoneme on CMUdict: prepare the split, train a Transformer for DEMO_MINUTES, convert a few
+# words, score the test set.
+demo: setup
+	$(BIN)/python $(G2P)/prepare.py --out $(G2P)/data
+	rm -rf runs/demo-g2p
+	$(BIN)/bigseq train --config $(G2P)/transformer.yaml --train $(G2P)/data/train.jsonl \
+	  --valid $(G2P)/data/valid.jsonl --out runs/demo-g2p --max-minutes $(DEMO_MINUTES) \
+	  --set train.snapshot_minutes=[] --set train.eval_every=300
+	@echo "--- example conversions (beam 5) ---"
+	@printf "hello\nworld\nsequence\nshakespeare\ntransformer\nbigseq\n" > runs/demo-g2p/examples.txt
+	@$(BIN)/bigseq generate runs/demo-g2p --beam 5 < runs/demo-g2p/examples.txt | paste runs/demo-g2p/examples.txt -
+	@echo "--- test set (10k words, greedy): WER and PER in percent ---"
+	$(BIN)/bigseq evaluate runs/demo-g2p --data $(G2P)/data/test.jsonl
+	@echo "try: echo hello | $(BIN)/bigseq generate runs/demo-g2p --beam 5"
+
+clean:
+	rm -rf $(VENV) runs

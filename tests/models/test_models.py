@@ -1,0 +1,107 @@
+"""The model interface: shapes, masks (no position sees the future or padding), cache == full forward."""
+
+import pytest
+import torch
+
+from bigseq.models.base import count_parameters
+from bigseq.tokenizer import BOS, PAD
+from helpers import tiny_model
+
+ARCHS = ["transformer", "gru"]
+
+
+def _batch(b: int = 3, s: int = 7, t: int = 6, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, 23, (b, s), generator=g)
+    src[1, 5:] = PAD  # a shorter source
+    tgt = torch.randint(4, 19, (b, t), generator=g)
+    tgt[:, 0] = BOS
+    return src, src != PAD, tgt
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_shapes(arch):
+    model = tiny_model(arch)
+    src, mask, tgt = _batch()
+    assert model(src, mask, tgt).shape == (3, 6, 19)
+    memory = model.encode(src, mask)
+    assert memory.states.shape == (3, 7, 32)
+    logits, _ = model.decode(tgt, memory)
+    assert logits.shape == (3, 6, 19)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_no_position_sees_the_future(arch):
+    model = tiny_model(arch)
+    src, mask, tgt = _batch()
+    changed = tgt.clone()
+    changed[:, 4:] = torch.randint(4, 19, changed[:, 4:].shape)
+    a, b = model(src, mask, tgt), model(src, mask, changed)
+    torch.testing.assert_close(a[:, :4], b[:, :4])
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padding_is_invisible(arch):
+    """Extra padding (and whatever id sits under a masked position) changes nothing."""
+    model = tiny_model(arch)
+    src, mask, tgt = _batch()
+    longer = torch.cat([src, torch.full((3, 5), PAD)], dim=1)
+    ref = model(src, mask, tgt)
+    torch.testing.assert_close(model(longer, longer != PAD, tgt), ref, atol=1e-5, rtol=1e-5)
+    # garbage under the mask of row 1 must not leak into its outputs
+    garbage = src.clone()
+    garbage[1, 5:] = 7
+    torch.testing.assert_close(model(garbage, mask, tgt)[1], ref[1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_incremental_decoding_matches_full_forward(arch):
+    model = tiny_model(arch)
+    src, mask, tgt = _batch(t=9)
+    full = model(src, mask, tgt)
+    memory = model.encode(src, mask)
+    cache, steps = None, []
+    # one token, then a chunk of three, then one at a time (exercises the cache growing past capacity)
+    for lo, hi in [(0, 1), (1, 4), *[(i, i + 1) for i in range(4, 9)]]:
+        logits, cache = model.decode(tgt[:, lo:hi], memory, cache)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_cache_grows_beyond_initial_capacity():
+    model = tiny_model("transformer")
+    src, mask, _ = _batch()
+    tgt = torch.randint(4, 19, (3, 70))
+    memory = model.encode(src, mask)
+    cache, steps = None, []
+    for i in range(70):
+        logits, cache = model.decode(tgt[:, i : i + 1], memory, cache)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), model(src, mask, tgt), atol=1e-5, rtol=1e-4)
+
+
+def test_tied_embeddings_and_parameter_count():
+    tied = tiny_model("transformer")
+    assert tied.lm_head.weight is tied.tgt_embed.weight
+    untied = tiny_model("transformer", tie_embeddings=False)
+    assert count_parameters(untied) == count_parameters(tied) + 19 * 32
+    shared = tiny_model("transformer", shared_vocab=True, src_vocab_size=19)
+    assert shared.src_embed is shared.tgt_embed
+
+
+def test_gru_without_attention_is_the_documents_model_conditioned_on_the_encoder():
+    model = tiny_model("gru", attention=False)
+    assert not hasattr(model, "att_q")
+    src, mask, tgt = _batch()
+    other = torch.randint(4, 23, src.shape)
+    # the decoder reads the encoder (through its initial state): a different source changes the outputs
+    assert not torch.allclose(model(src, mask, tgt), model(other, mask, tgt))
+
+
+def test_learned_positions_and_too_long_input():
+    model = tiny_model("transformer", positions="learned", max_positions=8)
+    src, mask, tgt = _batch(s=7, t=6)
+    assert model(src, mask, tgt).shape == (3, 6, 19)
+    with pytest.raises(ValueError, match="max_positions"):
+        model(torch.randint(4, 23, (1, 9)), torch.ones(1, 9, dtype=torch.bool), tgt[:1])

@@ -1,0 +1,58 @@
+"""Typed configs: defaults validate, presets, YAML, dotted overrides, and errors that name the field."""
+
+import pytest
+
+from bigseq.config import Config, apply_overrides, apply_preset, from_dict
+from bigseq.errors import ConfigError
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    cfg = Config().validate()
+    cfg.save(tmp_path / "c.yaml")
+    assert Config.load(tmp_path / "c.yaml") == cfg
+
+
+def test_preset_then_overrides():
+    cfg = apply_preset(Config(), "tiny")
+    assert cfg.model.d_model == 64
+    apply_overrides(
+        cfg, ["model.d_model=128", "train.lr=3e-4", "metrics=[wer, per]", "train.max_minutes=1.5"]
+    )
+    assert cfg.model.d_model == 128
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.metrics == ["wer", "per"]
+    assert cfg.train.max_minutes == 1.5
+    cfg.validate()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.d_modle=3"], "unknown config key 'model.d_modle'"),
+        (["model.d_model=abc"], "model.d_model must be an integer"),
+        (["model.d_model=250"], "divisible by model.n_heads"),
+        (["model.arch=lstm"], "model.arch must be one of transformer, gru"),
+        (["train.lr=-1"], "train.lr must be > 0"),
+        (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
+        (["data.src_tokenizer=char"], "data.shared_vocab=true needs"),
+        (["train.metric=wer"], "train.metric='wer' must be one of metrics"),
+        (["search.n_best=3"], "search.n_best (3) cannot exceed search.beam (1)"),
+        (["metrics=[bleu, rouge]"], "metrics[] must be one of"),
+        (["nonsense"], "--set expects KEY=VALUE"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(Config(), overrides).validate()
+    assert message in str(err.value)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        apply_preset(Config(), "huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        Config.load(bad)
+    with pytest.raises(ConfigError, match="model must be a mapping"):
+        from_dict({"model": 3})
