@@ -43,8 +43,6 @@ class Seq2SeqRun:
 
     def _search(self, **overrides: Any):  # noqa: ANN202
         given = {k: v for k, v in overrides.items() if v is not None}
-        if given.get("beam", 1) > 1 and "n_best" not in given:
-            given["n_best"] = 1
         s = replace(self.config.search, **given)
         s.validate()
         return s
