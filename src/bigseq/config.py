@@ -97,6 +97,7 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     label_smoothing: float = 0.1
     clip_norm: float = 1.0  # 0 disables clipping
+    max_bad_steps: int = 5  # consecutive non-finite losses/gradients (each skipped) before the run stops
     eval_every: int = 500  # steps
     eval_examples: int = 1000  # valid examples decoded for the task metric at each eval (0 = all)
     patience: int = 0  # evals without improvement before stopping (0 = never stop early)
@@ -109,7 +110,7 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.metric", self.metric, ("loss", *METRICS))
-        for name in ("max_steps", "batch_tokens", "grad_accum", "eval_every", "log_every"):
+        for name in ("max_steps", "batch_tokens", "grad_accum", "eval_every", "log_every", "max_bad_steps"):
             _positive(f"train.{name}", getattr(self, name))
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")

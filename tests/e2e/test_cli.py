@@ -23,7 +23,7 @@ def _train(train, valid, out, arch, steps, *extra):
     assert main(args) == 0
 
 
-@pytest.mark.parametrize(("arch", "steps"), [("transformer", 500), ("gru", 300)])
+@pytest.mark.parametrize(("arch", "steps"), [("transformer", 500), ("gru", 500)])
 def test_learns_to_reverse_strings(tmp_path, reverse_task, capsys, arch, steps):
     train, valid = reverse_task
     run = tmp_path / "run"
@@ -48,7 +48,7 @@ def test_learns_to_reverse_strings(tmp_path, reverse_task, capsys, arch, steps):
 def test_generate_keeps_one_line_per_input_in_order(tmp_path, reverse_task, capsys, monkeypatch):
     train, valid = reverse_task
     run = tmp_path / "run"
-    _train(train, valid, run, "gru", 300, "--set", "train.eval_every=300")
+    _train(train, valid, run, "gru", 500, "--set", "train.eval_every=500")
     inputs = ["abcdef", "", "hgf", "abcdef", "dcbaabcd"]
     for flags in ([], ["--beam", "4"], ["--sample", "--seed", "1", "--temperature", "0.5"]):
         monkeypatch.setattr(sys, "stdin", _Lines(inputs))

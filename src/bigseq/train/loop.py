@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from bigseq.config import Config, TrainConfig
 from bigseq.data.batching import PairSet, collate, make_batches
 from bigseq.data.readers import Example
+from bigseq.errors import BigseqError
 from bigseq.evaluation import evaluate
 from bigseq.tokenizer import PAD, TokenizerPair
 from bigseq.train.checkpoint import (
@@ -33,6 +36,10 @@ from bigseq.train.checkpoint import (
 )
 
 LOWER_IS_BETTER = {"loss", "wer", "per", "perplexity"}
+
+
+class TrainingError(BigseqError):
+    """Training cannot go on (e.g. the loss keeps turning NaN); the message says what to try."""
 
 
 @dataclass
@@ -82,6 +89,45 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas))
 
 
+@dataclass
+class Progress:
+    """Where training stands; saved with every checkpoint so that a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0  # next batch of the epoch
+    tokens: int = 0
+    elapsed: float = 0.0
+    best: float = math.inf  # sign-adjusted: lower is better
+    best_step: int = 0
+    bad_evals: int = 0
+    snaps_done: int = 0
+    bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
+
+
+class _StopSignals:
+    """SIGTERM / Ctrl-C ask the loop to save and stop after the current step; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def fit(
     cfg: Config,
     model: torch.nn.Module,
@@ -101,151 +147,153 @@ def fit(
     opt = make_optimizer(model, tc)
     metric = tc.metric
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
-    step, epoch, pos, tokens, elapsed = 0, 0, 0, 0, 0.0
-    best, best_step, bad_evals, snaps_done = math.inf, 0, 0, 0
+    pr = Progress()
     if resume:
         load_weights(model, out / STATE_DIR / "last.safetensors")
         st = load_state(out / STATE_DIR / "state.pt")
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["rng"])
-        step, epoch, pos, tokens = int(st["step"]), int(st["epoch"]), int(st["pos"]), int(st["tokens"])
-        elapsed, best, best_step = float(st["elapsed"]), float(st["best"]), int(st["best_step"])
-        bad_evals, snaps_done = int(st["bad_evals"]), int(st["snaps_done"])
+        pr = Progress(**st["progress"])
     src_lens, tgt_lens = [len(s) for s in train_data.src], [len(t) for t in train_data.tgt]
-    batches = make_batches(src_lens, tgt_lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]))
+
+    def epoch_batches(epoch: int) -> list[np.ndarray]:
+        return make_batches(src_lens, tgt_lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]))
+
+    def save_checkpoint() -> None:
+        pr.elapsed = time.perf_counter() - t0
+        save_weights(model, out / STATE_DIR / "last.safetensors")
+        state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "progress": asdict(pr)}
+        save_state(state, out / STATE_DIR / "state.pt")
+
+    batches = epoch_batches(pr.epoch)
     budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
     snapshots = sorted(tc.snapshot_minutes)
-    t0 = time.perf_counter() - elapsed
-    bar = tqdm(
-        total=tc.max_steps,
-        initial=step,
-        disable=not progress,
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
+    max_norm = tc.clip_norm if tc.clip_norm > 0 else math.inf
+    t0 = time.perf_counter() - pr.elapsed
+    bar = tqdm(total=tc.max_steps, initial=pr.step, disable=not progress, unit="step", dynamic_ncols=True,
+               mininterval=0.5)  # fmt: skip
     model.train()
-    stopped_by, window_loss, window_tokens, window_t = "max_steps", 0.0, 0, time.perf_counter()
+    stopped_by, window_loss, window_steps, window_tokens, window_t = (
+        "max_steps",
+        0.0,
+        0,
+        0,
+        time.perf_counter(),
+    )
     metrics_path = out / "metrics.jsonl"
 
-    while step < tc.max_steps:
-        # --- one optimizer step over grad_accum micro-batches ---
-        micro = []
-        for _ in range(tc.grad_accum):
-            if pos >= len(batches):
-                epoch, pos = epoch + 1, 0
-                batches = make_batches(
-                    src_lens, tgt_lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch])
+    with _StopSignals() as signals:
+        while pr.step < tc.max_steps:
+            # --- one optimizer step over grad_accum micro-batches ---
+            micro = []
+            for _ in range(tc.grad_accum):
+                if pr.pos >= len(batches):
+                    pr.epoch, pr.pos = pr.epoch + 1, 0
+                    batches = epoch_batches(pr.epoch)
+                micro.append(collate(train_data, batches[pr.pos]))
+                pr.pos += 1
+            n_tgt = sum(b.n_target_tokens for b in micro)
+            step = pr.step + 1
+            progress_frac = max(step / tc.max_steps, (time.perf_counter() - t0) / budget_s)
+            for g in opt.param_groups:
+                g["lr"] = tc.lr * lr_factor(tc, step, progress_frac)
+            opt.zero_grad(set_to_none=True)
+            step_loss, step_tokens = 0.0, 0
+            for b in micro:
+                logits = model(b.src, b.src_mask, b.tgt_in)
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1),
+                    b.tgt_out.flatten(),
+                    ignore_index=PAD,
+                    label_smoothing=tc.label_smoothing,
+                    reduction="sum",
                 )
-            micro.append(collate(train_data, batches[pos]))
-            pos += 1
-        n_tgt = sum(b.n_target_tokens for b in micro)
-        step += 1
-        elapsed_now = time.perf_counter() - t0
-        progress_frac = max(step / tc.max_steps, elapsed_now / budget_s)
-        for g in opt.param_groups:
-            g["lr"] = tc.lr * lr_factor(tc, step, progress_frac)
-        opt.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for b in micro:
-            logits = model(b.src, b.src_mask, b.tgt_in)
-            loss = F.cross_entropy(
-                logits.flatten(0, 1),
-                b.tgt_out.flatten(),
-                ignore_index=PAD,
-                label_smoothing=tc.label_smoothing,
-                reduction="sum",
-            )
-            (loss / n_tgt).backward()
-            step_loss += loss.item()
-            tokens += b.n_tokens
-            window_tokens += b.n_tokens
-        if tc.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_norm)
-        opt.step()
-        window_loss += step_loss / n_tgt
+                (loss / n_tgt).backward()
+                step_loss += loss.item()
+                step_tokens += b.n_tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            pr.tokens += step_tokens
+            if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+                # Skip the update rather than train on NaN; give up after too many in a row.
+                pr.bad_steps += 1
+                bar.write(
+                    f"step {step}: non-finite loss or gradient, update skipped ({pr.bad_steps} in a row)"
+                )
+                if pr.bad_steps >= tc.max_bad_steps:
+                    raise TrainingError(
+                        f"stopped: {pr.bad_steps} consecutive steps had a non-finite loss or gradient "
+                        f"(last at step {step}). Lower train.lr, raise train.warmup_steps or check the data; "
+                        f"the last good checkpoint is in {out / STATE_DIR} (resume with --resume)."
+                    )
+                continue
+            opt.step()
+            pr.step, pr.bad_steps = step, 0
+            window_loss += step_loss / n_tgt
+            window_steps += 1
+            window_tokens += step_tokens
 
-        if step % tc.log_every == 0:
-            now = time.perf_counter()
-            bar.set_postfix(
-                loss=f"{window_loss / tc.log_every:.3f}",
-                tok_s=f"{window_tokens / (now - window_t):,.0f}",
-                lr=f"{opt.param_groups[0]['lr']:.2e}",
-                ep=epoch,
-            )
-            window_loss, window_tokens, window_t = 0.0, 0, now
-        bar.update(1)
+            if step % tc.log_every == 0:
+                now = time.perf_counter()
+                bar.set_postfix(
+                    loss=f"{window_loss / max(window_steps, 1):.3f}",
+                    tok_s=f"{window_tokens / (now - window_t):,.0f}",
+                    lr=f"{opt.param_groups[0]['lr']:.2e}",
+                    ep=pr.epoch,
+                )
+                window_loss, window_steps, window_tokens, window_t = 0.0, 0, 0, now
+            bar.update(1)
 
-        elapsed_now = time.perf_counter() - t0
-        while snaps_done < len(snapshots) and elapsed_now >= snapshots[snaps_done] * 60:
-            save_weights(model, out / "snapshots" / f"{snapshots[snaps_done]:g}min.safetensors")
-            snaps_done += 1
-        out_of_time = elapsed_now >= budget_s
-        last = step >= tc.max_steps or out_of_time
-        if step % tc.eval_every and not last:
-            continue
+            elapsed_now = time.perf_counter() - t0
+            while pr.snaps_done < len(snapshots) and elapsed_now >= snapshots[pr.snaps_done] * 60:
+                save_weights(model, out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors")
+                pr.snaps_done += 1
+            if signals.received:
+                save_checkpoint()
+                stopped_by = f"{signals.received}; checkpoint saved, continue with --resume"
+                break
+            out_of_time = elapsed_now >= budget_s
+            if step % tc.eval_every and step < tc.max_steps and not out_of_time:
+                continue
 
-        # --- evaluate, log, keep the best, save the train state ---
-        result = evaluate(
-            model,
-            toks,
-            valid,
-            cfg.search,
-            cfg.metrics,
-            cfg.data.max_src_len,
-            cfg.data.max_tgt_len,
-            decode_examples=tc.eval_examples,
-        )
-        value = result[metric]
-        improved = sign * value < best
-        if improved:
-            best, best_step, bad_evals = sign * value, step, 0
-            save_weights(model, out / WEIGHTS_FILE)
-        else:
-            bad_evals += 1
-        record = {
-            "step": step,
-            "epoch": epoch,
-            "tokens": tokens,
-            "lr": opt.param_groups[0]["lr"],
-            "elapsed_s": round(time.perf_counter() - t0, 2),
-            **{f"valid_{k}": v for k, v in result.items()},
-        }
-        with metrics_path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k not in ("n", "n_decoded"))
-        bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}")
-        save_weights(model, out / STATE_DIR / "last.safetensors")
-        save_state(
-            {
-                "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(),
+            # --- evaluate, log, keep the best, save the train state ---
+            result = evaluate(
+                model, toks, valid, cfg.search, cfg.metrics, cfg.data.max_src_len, cfg.data.max_tgt_len,
+                decode_examples=tc.eval_examples,
+            )  # fmt: skip
+            value = result[metric]
+            improved = sign * value < pr.best
+            if improved:
+                pr.best, pr.best_step, pr.bad_evals = sign * value, step, 0
+                save_weights(model, out / WEIGHTS_FILE)
+            else:
+                pr.bad_evals += 1
+            record = {
                 "step": step,
-                "epoch": epoch,
-                "pos": pos,
-                "tokens": tokens,
-                "elapsed": time.perf_counter() - t0,
-                "best": best,
-                "best_step": best_step,
-                "bad_evals": bad_evals,
-                "snaps_done": snaps_done,
-            },
-            out / STATE_DIR / "state.pt",
-        )
-        if out_of_time:
-            stopped_by = "max_minutes"
-            break
-        if tc.patience and bad_evals >= tc.patience:
-            stopped_by = f"early stopping ({tc.patience} evals without improvement)"
-            break
+                "epoch": pr.epoch,
+                "tokens": pr.tokens,
+                "lr": opt.param_groups[0]["lr"],
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+                **{f"valid_{k}": v for k, v in result.items()},
+            }
+            with metrics_path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k not in ("n", "n_decoded"))
+            bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}")
+            save_checkpoint()
+            if out_of_time:
+                stopped_by = "max_minutes"
+                break
+            if tc.patience and pr.bad_evals >= tc.patience:
+                stopped_by = f"early stopping ({tc.patience} evals without improvement)"
+                break
     bar.close()
     return Summary(
-        steps=step,
-        tokens=tokens,
+        steps=pr.step,
+        tokens=pr.tokens,
         seconds=time.perf_counter() - t0,
         best_metric=metric,
-        best_value=sign * best,
-        best_step=best_step,
+        best_value=sign * pr.best,
+        best_step=pr.best_step,
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
     )

@@ -1,0 +1,120 @@
+"""The training loop's promises: non-finite steps are skipped and then stop the run with a clear message;
+SIGTERM saves a checkpoint that resumes; grad accumulation and early stopping behave."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import bigseq.api
+from bigseq.config import Config, apply_overrides, apply_preset
+from bigseq.data.batching import make_batches
+from bigseq.train.loop import TrainingError
+from helpers import write_reverse_task
+
+
+def _cfg(*overrides):
+    cfg = apply_preset(Config(), "tiny")
+    apply_overrides(
+        cfg,
+        ["data.src_tokenizer=char", "data.tgt_tokenizer=char", "train.batch_tokens=1000", "train.warmup_steps=10",
+         "train.eval_every=1000", "train.eval_examples=20", *overrides],
+    )  # fmt: skip
+    return cfg.validate()
+
+
+def _inject_nan(monkeypatch, bad_calls):
+    """Make the model's training-mode outputs NaN on the given forward calls (0-based)."""
+    calls = {"n": 0}
+    snapshots = []
+    build = bigseq.api.build_model
+
+    def build_with_hook(mcfg):
+        model = build(mcfg)
+
+        def hook(module, args, out):
+            if not module.training:
+                return out
+            i = calls["n"]
+            calls["n"] += 1
+            snapshots.append({k: v.clone() for k, v in module.state_dict().items()})
+            return out * float("nan") if bad_calls(i) else out
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_with_hook)
+    return snapshots
+
+
+def test_non_finite_steps_are_skipped(tmp_path, monkeypatch):
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    snaps = _inject_nan(monkeypatch, lambda i: i in (3, 4))
+    summary = bigseq.api.train(_cfg("train.max_steps=8"), train, valid, tmp_path / "run", progress=False,
+                               log=lambda *a: None)  # fmt: skip
+    assert summary.steps == 8  # two skipped updates do not count as steps
+    assert len(snaps) == 10
+    # the weights before the NaN calls 3 and 4 and before call 5 are identical: nothing was applied
+    for k in snaps[3]:
+        assert torch.equal(snaps[3][k], snaps[5][k]), k
+    assert any(not torch.equal(snaps[5][k], snaps[6][k]) for k in snaps[5])
+    assert all(torch.isfinite(v).all() for v in snaps[-1].values())
+
+
+def test_persistent_nan_stops_with_a_clear_message(tmp_path, monkeypatch):
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    _inject_nan(monkeypatch, lambda i: i >= 2)
+    with pytest.raises(TrainingError, match="3 consecutive steps had a non-finite loss"):
+        bigseq.api.train(_cfg("train.max_steps=50", "train.max_bad_steps=3"), train, valid, tmp_path / "run",
+                         progress=False, log=lambda *a: None)  # fmt: skip
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
+    train, valid = write_reverse_task(tmp_path, 2000, 20)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "bigseq.cli", "train", "--train", str(train), "--valid", str(valid),
+            "--out", str(run), "--preset", "tiny", "--max-steps", "100000", "--quiet",
+            "--set", "data.src_tokenizer=char", "--set", "data.tgt_tokenizer=char", "--set", "train.eval_every=5",
+            "--set", "train.eval_examples=5", "--set", "train.threads=1"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGTERM; checkpoint saved" in err
+    state = torch.load(run / "train_state/state.pt", weights_only=True)
+    stopped_at = state["progress"]["step"]
+    assert 0 < stopped_at < 100000
+    resume_args = [str(stopped_at + 5) if a == "100000" else a for a in args] + ["--resume"]
+    resumed = subprocess.run(resume_args, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == stopped_at + 5
+
+
+def test_early_stopping_and_accumulation(tmp_path):
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    # with a vanishing lr exact match stays at 0, never improving: patience 2 stops at the third eval
+    cfg = _cfg("train.max_steps=1000", "train.eval_every=2", "train.patience=2", "train.lr=1e-12",
+               "train.grad_accum=2", "train.warmup_steps=0", "train.schedule=constant",
+               "metrics=[exact_match]", "train.metric=exact_match")  # fmt: skip
+    summary = bigseq.api.train(cfg, train, valid, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert summary.stopped_by.startswith("early stopping")
+    assert summary.steps == 6
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    # grad_accum=2: each step consumed two micro-batches, so the first eval has seen the first four batches
+    pairs = [json.loads(line) for line in train.read_text().splitlines()]
+    src_lens = [len(p["source"]) for p in pairs]
+    tgt_lens = [len(p["target"]) + 2 for p in pairs]
+    batches = make_batches(src_lens, tgt_lens, 1000, np.random.default_rng([cfg.train.seed, 0]))
+    expected = sum(src_lens[i] + tgt_lens[i] - 1 for b in batches[:4] for i in b)
+    assert rows[0]["tokens"] == expected
