@@ -40,6 +40,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from bigseq.data.readers import json_object, str_field
 from bigseq.errors import BigseqError, ConfigError, DataError
 from bigseq.tokenizer import Tokenizer
 
@@ -378,18 +379,7 @@ def _read_segments(path: Path, block_bytes: int, hasher) -> Iterator[tuple[list[
 
 
 def _jsonl_text(line: str, where: str) -> str:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
-    if "text" not in obj:
-        raise DataError(f"{where}: missing field 'text'")
-    text = obj["text"]
-    if not isinstance(text, str):
-        raise DataError(f"{where}: field 'text' must be a string, got {type(text).__name__}")
-    return text
+    return str_field(json_object(line, where, "a 'text' field"), "text", where)
 
 
 class _ShardWriter:

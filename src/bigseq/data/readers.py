@@ -89,21 +89,32 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield lineno, text
 
 
+def json_object(text: str, where: str, expected: str) -> dict:
+    """Parse one JSONL line that must be an object; ``expected`` names its fields for the error."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object with {expected}, got {_kind(obj)}")
+    return obj
+
+
+def str_field(obj: dict, name: str, where: str) -> str:
+    """The string field ``name`` of a JSON object, or a DataError saying what is wrong with it."""
+    if name not in obj:
+        raise DataError(f"{where}: missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {name!r} must be a string, got {_kind(value)}")
+    return value
+
+
 def _read_jsonl(path: Path, require_target: bool) -> Iterator[Example]:
     for lineno, text in _numbered_lines(path):
         where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object with 'source' and 'target', got {_kind(obj)}")
-        if "source" not in obj:
-            raise DataError(f"{where}: missing field 'source'")
-        source = obj["source"]
-        if not isinstance(source, str):
-            raise DataError(f"{where}: field 'source' must be a string, got {_kind(source)}")
-        source = source.strip()
+        obj = json_object(text, where, "'source' and 'target'")
+        source = str_field(obj, "source", where).strip()
         if not source:
             raise DataError(f"{where}: empty source")
         if "target" not in obj:
