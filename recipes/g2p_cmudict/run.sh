@@ -7,7 +7,8 @@ MINUTES=${1:-60}
 R=recipes/g2p_cmudict
 B=.venv/bin
 $B/python $R/prepare.py --out $R/data
-$B/pip install -q phonetisaurus && $B/python $R/phonetisaurus_baseline.py --data $R/data | tee $R/runs-phonetisaurus.json
+mkdir -p $R/runs
+$B/pip install -q phonetisaurus && $B/python $R/phonetisaurus_baseline.py --data $R/data | tee $R/runs/phonetisaurus.json
 for arch in transformer gru; do
   $B/bigseq train --config $R/$arch.yaml --train $R/data/train.jsonl --valid $R/data/valid.jsonl \
     --out $R/runs/$arch --max-minutes "$MINUTES"

@@ -158,3 +158,31 @@ def test_readme_commands_run(tmp_path):
         outputs.append(proc.stdout)
     assert len(outputs[1].splitlines()) == 2  # generate: one line per input line
     assert {"n", "loss", "perplexity"} <= json.loads(outputs[2]).keys()
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("model.safetensors", lambda b: b[: len(b) // 3], "model.safetensors: cannot load weights"),
+        ("model.safetensors", lambda b: b"\x00" * 8 + b[8:], "model.safetensors: cannot load weights"),
+        ("tokenizer.json", lambda b: b[:100], "tokenizer.json"),
+        (
+            "config.yaml",
+            lambda b: b.replace(b"d_model: 64", b"d_model: many"),
+            "model.d_model must be an integer",
+        ),
+    ],
+)
+def test_damaged_run_directory_fails_clearly(
+    tmp_path, reverse_task, capsys, monkeypatch, name, damage, message
+):
+    train, valid = reverse_task
+    run = tmp_path / "run"
+    _train(train, valid, run, "transformer", 3)
+    path = run / name
+    path.write_bytes(damage(path.read_bytes()))
+    monkeypatch.setattr(sys, "stdin", _Lines(["abc"]))
+    capsys.readouterr()
+    assert main(["generate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err

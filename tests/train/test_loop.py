@@ -14,6 +14,8 @@ import torch
 import bigseq.api
 from bigseq.config import Config, apply_overrides, apply_preset
 from bigseq.data.batching import make_batches
+from bigseq.models.base import build_model
+from bigseq.train.checkpoint import load_state, load_weights
 from bigseq.train.loop import TrainingError
 from helpers import write_reverse_task
 
@@ -118,3 +120,32 @@ def test_early_stopping_and_accumulation(tmp_path):
     batches = make_batches(src_lens, tgt_lens, 1000, np.random.default_rng([cfg.train.seed, 0]))
     expected = sum(src_lens[i] + tgt_lens[i] - 1 for b in batches[:4] for i in b)
     assert rows[0]["tokens"] == expected
+
+
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    """Kill a real training process that saves every step, at several moments, three times over; each time
+    the checkpoint loads and the next run resumes from it."""
+    train, valid = write_reverse_task(tmp_path, 500, 10)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "bigseq.cli", "train", "--train", str(train), "--valid", str(valid),
+            "--out", str(run), "--preset", "tiny", "--max-steps", "100000", "--quiet",
+            "--set", "data.src_tokenizer=char", "--set", "data.tgt_tokenizer=char", "--set", "train.eval_every=1",
+            "--set", "train.eval_examples=1", "--set", "train.threads=1", "--set", "metrics=[]"]  # fmt: skip
+    state_file = run / "train_state/state.pt"
+    last_step = 0
+    for attempt, delay in enumerate((0.3, 0.55, 0.8)):
+        proc = subprocess.Popen(args + (["--resume"] if attempt else []), stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until this process has saved at least once
+            if state_file.exists() and load_state(state_file)["progress"]["step"] > last_step:
+                break
+            time.sleep(0.02)
+        time.sleep(delay)
+        proc.kill()  # SIGKILL: no handler runs, a save may be cut anywhere
+        proc.wait()
+        step = load_state(state_file)["progress"]["step"]
+        assert step > last_step, "the killed run saved nothing new, or resume went backwards"
+        last_step = step
+        cfg = Config.load(run / "config.yaml")
+        load_weights(build_model(cfg.model), run / "train_state/last.safetensors")
+        load_weights(build_model(cfg.model), run / "model.safetensors")
