@@ -8,13 +8,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 G2P := recipes/g2p_cmudict
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev,recipes]"
+	$(BIN)/python -m pip install -q -e ".[dev,recipes,bench]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -40,6 +40,10 @@ demo: setup
 	@echo "--- test set (10k words, greedy): WER and PER in percent ---"
 	$(BIN)/bigseq evaluate runs/demo-g2p --data $(G2P)/data/test.jsonl
 	@echo "try: echo hello | $(BIN)/bigseq generate runs/demo-g2p --beam 5"
+
+# Side-by-side speed and memory against Hugging Face transformers (a few minutes); writes bench/results.json.
+bench: setup
+	$(BIN)/python bench/bench.py --preset small --reps 7 --warmup 2
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,762 @@
+"""Side-by-side CPU benchmark: bigseq's Transformer against Hugging Face ``transformers`` BART, same shape.
+
+One command runs everything and writes ``bench/results.json``::
+
+    python bench/bench.py --preset small            # about 7.6M parameters each side
+    python bench/bench.py --preset tiny-test        # seconds; what the test suite runs
+
+Both sides get the same shape (vocabulary, d_model, layers, heads, FFN size, ReLU, tied embeddings,
+sqrt(d_model) embedding scaling, the same max positions), random weights, no dropout (every dropout
+probability is 0, so train mode computes what eval mode computes), the same random integer inputs without
+padding, the same loss (``F.cross_entropy`` on the logits), the same optimizer (``torch.optim.AdamW`` with
+its defaults), and the same ``torch.set_num_threads``. Timed repetitions alternate A/B then B/A; warm-up
+repetitions are discarded; a ratio ``ours/transformers`` is the median of the per-pair ratios of throughputs.
+
+Differences that remain (neither can be removed without changing one of the two models):
+
+- BART is post-LN with a layer norm on the embeddings; ours is pre-LN with a final layer norm after each
+  stack. Both run the same number of layer norms of the same width.
+- BART learns its positions (two tables of ``max_positions + 2`` rows); ours adds fixed sinusoids, so BART
+  has ``2 * (max_positions + 2) * d_model`` more parameters (3.5% at the ``small`` preset), used by lookup only.
+- BART projects Q, K and V with three matmuls; ours fuses them into one. BART adds a zero
+  ``final_logits_bias`` to its logits.
+
+Sections (``--sections``): ``train`` (training throughput), ``greedy`` and ``beam`` (generation throughput),
+``memory`` (peak resident memory of each side in its own subprocess), ``peak`` (achieved training FLOP/s as a
+fraction of this machine's measured fp32 matmul peak), ``scaling`` (our step time against sequence length),
+``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# bigseq's special ids (bigseq.tokenizer; main() checks they agree). bigseq itself is imported only where
+# our side needs it, so that the transformers memory subprocess loads transformers and nothing of ours.
+PAD, BOS, EOS = 0, 1, 2
+FIRST_ID = 4  # ids 0..3 are PAD, BOS, EOS, UNK: never inside the random sequences
+ALL_SECTIONS = ("train", "greedy", "beam", "memory", "peak", "scaling", "gru")
+
+
+@dataclass(frozen=True)
+class Preset:
+    vocab: int
+    d_model: int
+    layers: int  # encoder layers = decoder layers
+    heads: int
+    d_ff: int
+    max_positions: int
+    train_shapes: list[tuple[int, int, int]]  # (batch, source length, target length)
+    gen_batches: list[int]  # batch sizes for generation (throughput, then latency)
+    gen_src: int  # source tokens per generation input
+    gen_new: int  # new tokens generated per input, exactly
+    beam: int
+    scaling_lengths: list[int]
+    scaling_tokens: int  # (source + target) tokens per scaling batch, held roughly constant
+    mm_n: int  # size of the square matmul that measures the fp32 peak
+    reps: int
+    warmup: int
+    param_tolerance: float  # |ours - hf| / hf allowed for the parameter counts
+    note: str = ""
+
+
+PRESETS = {
+    "small": Preset(
+        vocab=8000,
+        d_model=256,
+        layers=3,
+        heads=4,
+        d_ff=1024,
+        max_positions=512,
+        train_shapes=[(32, 64, 64), (16, 256, 256)],
+        gen_batches=[16, 1],
+        gen_src=32,
+        gen_new=32,
+        beam=5,
+        scaling_lengths=[32, 64, 128, 256, 512],
+        scaling_tokens=8192,
+        mm_n=2048,
+        reps=5,
+        warmup=1,
+        param_tolerance=0.05,
+    ),
+    "tiny-test": Preset(
+        vocab=100,
+        d_model=32,
+        layers=1,
+        heads=2,
+        d_ff=64,
+        max_positions=32,
+        train_shapes=[(2, 8, 8), (2, 16, 16)],
+        gen_batches=[2, 1],
+        gen_src=8,
+        gen_new=8,
+        beam=5,
+        scaling_lengths=[8, 16],
+        scaling_tokens=64,
+        mm_n=128,
+        reps=1,
+        warmup=1,
+        # At this size BART's two learned position tables are a large share of the model.
+        param_tolerance=0.25,
+        note="smoke test only: figures at this size measure overheads, not models",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def ours_config(p: Preset, arch: str = "transformer") -> Any:
+    from bigseq.config import ModelConfig
+
+    cfg = ModelConfig(
+        arch=arch,
+        d_model=p.d_model,
+        n_heads=p.heads,
+        enc_layers=p.layers,
+        dec_layers=p.layers,
+        d_ff=p.d_ff,
+        dropout=0.0,
+        attn_dropout=0.0,
+        positions="sinusoidal",
+        max_positions=p.max_positions,
+        tie_embeddings=True,
+        src_vocab_size=p.vocab,
+        tgt_vocab_size=p.vocab,
+        shared_vocab=True,
+    )
+    cfg.validate()
+    return cfg
+
+
+def build_ours(p: Preset, arch: str = "transformer") -> nn.Module:
+    from bigseq.models.base import build_model
+
+    return build_model(ours_config(p, arch))
+
+
+def build_hf(p: Preset) -> nn.Module:
+    """``transformers.BartForConditionalGeneration`` of the preset's shape (imported here, so that the
+    ``ours`` memory subprocess never loads ``transformers``)."""
+    from transformers import BartConfig, BartForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    cfg = BartConfig(
+        vocab_size=p.vocab,
+        d_model=p.d_model,
+        encoder_layers=p.layers,
+        decoder_layers=p.layers,
+        encoder_attention_heads=p.heads,
+        decoder_attention_heads=p.heads,
+        encoder_ffn_dim=p.d_ff,
+        decoder_ffn_dim=p.d_ff,
+        activation_function="relu",
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        max_position_embeddings=p.max_positions,
+        scale_embedding=True,
+        tie_word_embeddings=True,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+        forced_eos_token_id=None,
+        attn_implementation="sdpa",
+    )
+    return BartForConditionalGeneration(cfg)
+
+
+def param_counts(p: Preset) -> dict[str, int]:
+    """Distinct parameters of both models (tied weights once; buffers such as sinusoids not counted)."""
+    from bigseq.models.base import count_parameters
+
+    return {"ours": count_parameters(build_ours(p)), "hf": count_parameters(build_hf(p))}
+
+
+class NoEarlyEOS:
+    """Wraps one of our models so that greedy / beam search produce exactly ``steps`` tokens: EOS is
+    impossible at the first ``steps`` decoder calls; after them ``bigseq.search`` forces EOS itself.
+    (``transformers`` does the same with ``min_new_tokens``.)"""
+
+    def __init__(self, model: nn.Module, steps: int) -> None:
+        self.model, self.steps, self.step = model, steps, 0
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Any:
+        self.step = 0
+        return self.model.encode(src, src_mask)
+
+    def decode(self, tgt: Tensor, memory: Any, cache: Any = None) -> tuple[Tensor, Any]:
+        logits, cache = self.model.decode(tgt, memory, cache)
+        if self.step < self.steps:
+            logits[:, -1, EOS] = float("-inf")
+        self.step += 1
+        return logits, cache
+
+
+# --------------------------------------------------------------------------------------------- work
+
+
+def random_ids(g: torch.Generator, vocab: int, b: int, n: int) -> Tensor:
+    return torch.randint(FIRST_ID, vocab, (b, n), generator=g)
+
+
+def make_batch(p: Preset, b: int, s: int, t: int, seed: int = 0) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "src": random_ids(g, p.vocab, b, s),
+        "src_mask": torch.ones(b, s, dtype=torch.bool),
+        "tgt_in": random_ids(g, p.vocab, b, t),
+        "labels": random_ids(g, p.vocab, b, t),
+    }
+
+
+def logits_fn(model: nn.Module, side: str) -> Callable[[dict[str, Tensor]], Tensor]:
+    if side == "hf":
+        return lambda x: (
+            model(
+                input_ids=x["src"],
+                attention_mask=x["src_mask"].long(),
+                decoder_input_ids=x["tgt_in"],
+                use_cache=False,
+            ).logits
+        )
+    return lambda x: model(x["src"], x["src_mask"], x["tgt_in"])
+
+
+def train_step_fn(model: nn.Module, side: str, batch: dict[str, Tensor]) -> Callable[[], None]:
+    """One full training step: forward, cross-entropy, backward, AdamW step."""
+    fwd = logits_fn(model, side)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> None:
+        model.train()
+        logits = fwd(batch)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def gen_fn(model: nn.Module, side: str, p: Preset, b: int, beam: int) -> Callable[[], None]:
+    """Generate exactly ``p.gen_new`` tokens for each of ``b`` random sources; checks the count."""
+    g = torch.Generator().manual_seed(1)
+    src = random_ids(g, p.vocab, b, p.gen_src)
+    mask = torch.ones_like(src, dtype=torch.bool)
+    if side == "hf":
+        from transformers import GenerationConfig
+
+        gc = GenerationConfig(
+            max_new_tokens=p.gen_new,
+            min_new_tokens=p.gen_new,
+            num_beams=beam,
+            num_return_sequences=1,
+            do_sample=False,
+            use_cache=True,
+            length_penalty=1.0,
+            decoder_start_token_id=BOS,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+            pad_token_id=PAD,
+        )
+
+        def run() -> None:
+            model.eval()
+            out = model.generate(input_ids=src, attention_mask=mask.long(), generation_config=gc)
+            if out.shape != (b, p.gen_new + 1):
+                raise RuntimeError(f"transformers generated shape {tuple(out.shape)}")
+
+        return run
+    from bigseq.search import generate
+
+    wrapped = NoEarlyEOS(model, p.gen_new)
+    max_lens = torch.full((b,), p.gen_new, dtype=torch.long)
+
+    def run() -> None:
+        model.eval()
+        hyps = generate(wrapped, src, mask, max_lens, beam=beam)  # type: ignore[arg-type]
+        if any(len(h[0].tokens) != p.gen_new for h in hyps):
+            raise RuntimeError(f"ours generated lengths {[len(h[0].tokens) for h in hyps]}")
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+def time_once(f: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def paired(fa: Callable[[], None], fb: Callable[[], None], reps: int, warmup: int) -> tuple[list, list]:
+    """Alternate A,B / B,A repetitions; drop the first ``warmup`` pairs. Returns the two lists of seconds."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(warmup + reps):
+        if i % 2 == 0:
+            a, b = time_once(fa), time_once(fb)
+        else:
+            b, a = time_once(fb), time_once(fa)
+        if i >= warmup:
+            ta.append(a)
+            tb.append(b)
+    return ta, tb
+
+
+def repeat(f: Callable[[], None], reps: int, warmup: int) -> list[float]:
+    return [t for i, t in enumerate(time_once(f) for _ in range(warmup + reps)) if i >= warmup]
+
+
+def compare(units: float, ours_s: list[float], hf_s: list[float]) -> dict[str, Any]:
+    """``units`` tokens per repetition -> medians of both throughputs and the median paired ratio.
+
+    ``ratio_range`` (the smallest and largest per-pair ratio) and ``ratio_of_medians`` show how noisy the
+    ratio is: when they disagree with ``ratio``, run more repetitions.
+    """
+    pairs = [h / o for o, h in zip(ours_s, hf_s, strict=True)]
+    return {
+        "ours": units / statistics.median(ours_s),
+        "hf": units / statistics.median(hf_s),
+        "ratio": statistics.median(pairs),
+        "ratio_range": [min(pairs), max(pairs)],
+        "ratio_of_medians": statistics.median(hf_s) / statistics.median(ours_s),
+        "ours_seconds": ours_s,
+        "hf_seconds": hf_s,
+    }
+
+
+# --------------------------------------------------------------------------------------------- FLOPs
+
+
+def train_flops(p: Preset, b: int, s: int, t: int) -> float:
+    """Model FLOPs of one training step (forward + backward), counted from the shapes.
+
+    With d = d_model, f = d_ff, V = vocabulary, L = layers per stack, batch b, source length s, target
+    length t, multiply-accumulates (MACs) of the forward pass are::
+
+        encoder   b*s*L*(4*d^2 + 2*d*f)            Q, K, V, output projections; FFN
+        decoder   b*t*L*(6*d^2 + 2*d*f)            self-attn Q, K, V, out; cross-attn Q, out; FFN
+        cross KV  b*s*L*(2*d^2)                    cross-attention keys and values of the memory
+        head      b*t*d*V                          output projection (tied embedding)
+        attention L*(2*b*s^2*d + 2*b*t^2*d + 2*b*t*s*d)
+                                                   scores Q K^T and weighted values P V: encoder self,
+                                                   decoder self (full square counted, causal or not),
+                                                   decoder cross
+
+    FLOPs = 2 * MACs for the forward pass, and the backward pass costs twice the forward, so
+    ``train FLOPs = 6 * MACs`` -- about 6 x (matmul parameters) x tokens plus the attention terms.
+    Embedding lookups, layer norms, softmax, biases, the loss and the optimizer are not counted.
+    Both models run the same matmul shapes, so one formula serves both.
+    """
+    d, f, v, n = p.d_model, p.d_ff, p.vocab, p.layers
+    macs = (
+        b * s * n * (4 * d * d + 2 * d * f)
+        + b * t * n * (6 * d * d + 2 * d * f)
+        + b * s * n * 2 * d * d
+        + b * t * d * v
+        + n * (2 * b * s * s * d + 2 * b * t * t * d + 2 * b * t * s * d)
+    )
+    return 6.0 * macs
+
+
+def matmul_peak(n: int, reps: int) -> dict[str, float]:
+    """This machine's fp32 matmul rate: median FLOP/s of ``torch.mm`` on two n x n matrices."""
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    out = torch.empty(n, n)
+    secs = repeat(lambda: torch.mm(a, b, out=out), reps=max(reps, 5), warmup=2)
+    return {"n": n, "flops_per_s": 2.0 * n**3 / statistics.median(secs), "seconds": secs}
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+def shape_name(b: int, s: int, t: int) -> str:
+    return f"b{b}x{s}+{t}"
+
+
+def section_train(p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: int) -> dict[str, Any]:
+    out = {}
+    for b, s, t in p.train_shapes:
+        batch = make_batch(p, b, s, t)
+        fa = train_step_fn(ours, "ours", batch)
+        fb = train_step_fn(hf, "hf", batch)
+        ta, tb = paired(fa, fb, reps, warmup)
+        out[shape_name(b, s, t)] = {"batch": b, "src": s, "tgt": t, **compare(b * (s + t), ta, tb)}
+        print(f"  train {shape_name(b, s, t)}: ours/hf {out[shape_name(b, s, t)]['ratio']:.2f}", flush=True)
+    return out
+
+
+def section_gen(p: Preset, ours: nn.Module, hf: nn.Module, beam: int, reps: int, warmup: int) -> dict:
+    out = {}
+    for b in p.gen_batches:
+        ta, tb = paired(gen_fn(ours, "ours", p, b, beam), gen_fn(hf, "hf", p, b, beam), reps, warmup)
+        out[f"b{b}"] = {"batch": b, "beam": beam, "src": p.gen_src, "new": p.gen_new}
+        out[f"b{b}"].update(compare(b * p.gen_new, ta, tb))
+        label = "greedy" if beam == 1 else f"beam {beam}"
+        print(f"  {label} b{b}: ours/hf {out[f'b{b}']['ratio']:.2f}", flush=True)
+    return out
+
+
+def section_peak(p: Preset, train: dict[str, Any], reps: int) -> dict[str, Any]:
+    peak = matmul_peak(p.mm_n, reps)
+    out: dict[str, Any] = {"matmul": peak}
+    for name, r in train.items():
+        flops = train_flops(p, r["batch"], r["src"], r["tgt"])
+        out[name] = {"flops_per_step": flops}
+        for side in ("ours", "hf"):
+            rate = flops / statistics.median(r[f"{side}_seconds"])
+            out[name][side] = {"flops_per_s": rate, "fraction_of_peak": rate / peak["flops_per_s"]}
+    return out
+
+
+def section_scaling(p: Preset, ours: nn.Module, reps: int, warmup: int) -> list[dict[str, Any]]:
+    rows = []
+    for n in p.scaling_lengths:
+        b = max(1, p.scaling_tokens // (2 * n))
+        secs = repeat(train_step_fn(ours, "ours", make_batch(p, b, n, n)), reps, warmup)
+        step = statistics.median(secs)
+        rows.append(
+            {
+                "length": n,
+                "batch": b,
+                "step_seconds": step,
+                "tokens_per_s": b * 2 * n / step,
+                "flops_per_s": train_flops(p, b, n, n) / step,
+                "seconds": secs,
+            }
+        )
+        print(f"  scaling {n}: {step:.3f} s/step", flush=True)
+    return rows
+
+
+def section_gru(p: Preset, ours: nn.Module, reps: int, warmup: int) -> dict[str, Any]:
+    """Our GRU against our Transformer (paired, same inputs); ``ratio`` = GRU / Transformer throughput."""
+    from bigseq.models.base import count_parameters
+
+    gru = build_ours(p, "gru")
+    out: dict[str, Any] = {"params": count_parameters(gru)}
+    for b, s, t in p.train_shapes:
+        batch = make_batch(p, b, s, t)
+        tg, tt = paired(train_step_fn(gru, "ours", batch), train_step_fn(ours, "ours", batch), reps, warmup)
+        out[f"train_{shape_name(b, s, t)}"] = _gru_compare(b * (s + t), tg, tt)
+    for b in p.gen_batches:
+        tg, tt = paired(gen_fn(gru, "ours", p, b, 1), gen_fn(ours, "ours", p, b, 1), reps, warmup)
+        out[f"greedy_b{b}"] = _gru_compare(b * p.gen_new, tg, tt)
+    return out
+
+
+def _gru_compare(units: float, gru_s: list[float], tf_s: list[float]) -> dict[str, Any]:
+    r = compare(units, gru_s, tf_s)
+    return {
+        "gru": r["ours"],
+        "transformer": r["hf"],
+        "ratio": r["ratio"],
+        "ratio_range": r["ratio_range"],
+        "ratio_of_medians": r["ratio_of_medians"],
+        "gru_seconds": gru_s,
+        "transformer_seconds": tf_s,
+    }
+
+
+def section_memory(args: argparse.Namespace) -> dict[str, Any]:
+    """Each side alone in a fresh interpreter: build, two training steps at the largest training shape,
+    greedy and beam generation at the first generation batch; the peak resident set at the end (see
+    ``maxrss_mib``). The ours side never imports ``transformers``; the transformers side never imports
+    ``bigseq``."""
+    out = {}
+    for side in ("ours", "hf"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_side", side, "--preset", args.preset]
+        cmd += ["--threads", str(args.threads)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"memory subprocess for {side} failed:\n{res.stderr[-4000:]}")
+        out[side] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["ratio"] = out["ours"]["peak_rss_mib"] / out["hf"]["peak_rss_mib"]
+    hf_delta = out["hf"]["delta_rss_mib"]
+    # At tiny sizes the work may not raise the peak above the imports' (delta 0): no ratio then.
+    out["delta_ratio"] = out["ours"]["delta_rss_mib"] / hf_delta if hf_delta > 0 else None
+    return out
+
+
+def maxrss_mib() -> float:
+    """Peak resident memory of this process in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, the high-water mark of this process's own address space.
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is not used there: across ``fork``/``vfork`` + ``exec`` it keeps
+    the parent's high-water mark, so a child started from the (large) benchmark process would report the
+    parent's peak. Elsewhere ``ru_maxrss`` is the fallback (KiB on Linux, bytes on macOS).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+def side_main(args: argparse.Namespace) -> None:
+    """The memory subprocess: one side only; prints one JSON line."""
+    p = PRESETS[args.preset]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    # The first optimizer step imports torch._dynamo (and sympy) lazily, ~80 MiB; transformers imports it
+    # anyway. Importing it here first makes the growth figure measure the work, not imports.
+    importlib.import_module("torch._dynamo")
+
+    model = build_hf(p) if args._side == "hf" else build_ours(p)
+    base = maxrss_mib()
+    b, s, t = p.train_shapes[-1]  # the largest
+    step = train_step_fn(model, args._side, make_batch(p, b, s, t))
+    step()
+    step()
+    gen_fn(model, args._side, p, p.gen_batches[0], 1)()
+    gen_fn(model, args._side, p, p.gen_batches[0], p.beam)()
+    peak = maxrss_mib()
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(
+        json.dumps(
+            {
+                "after_build_rss_mib": base,
+                "peak_rss_mib": peak,
+                "delta_rss_mib": peak - base,
+                "ru_maxrss_mib": ru,  # for reference only: may include the parent's peak (see maxrss_mib)
+                "transformers_imported": "transformers" in sys.modules,
+                "bigseq_imported": "bigseq" in sys.modules,
+            }
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def fmt(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3g}"
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    lo, hi = r["ratio_range"]
+    return f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = [
+        f"bigseq vs transformers {res['transformers_version']} -- preset {res['preset']}, "
+        f"{res['threads']} threads, torch {res['torch_version']}, {res['cpu']}",
+        "",
+        "| figure | ours | transformers | ours / transformers (range of pairs) |",
+        "|---|---:|---:|---:|",
+    ]
+    pc = res["params"]
+    lines.append(f"| parameters | {pc['ours']:,} | {pc['hf']:,} | {pc['ours'] / pc['hf']:.3f} |")
+    for name, r in res.get("train", {}).items():
+        lines.append(f"| train tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |")
+    for key, label in (("greedy", "greedy"), ("beam", f"beam {res['beam_width']}")):
+        for name, r in res.get(key, {}).items():
+            lines.append(
+                f"| {label} new tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |"
+            )
+    if "memory" in res:
+        m = res["memory"]
+        o, h = m["ours"], m["hf"]
+        lines.append(
+            f"| peak RSS MiB (train + generate) | {o['peak_rss_mib']:.0f} | {h['peak_rss_mib']:.0f} "
+            f"| {m['ratio']:.2f} |"
+        )
+        dr = "n/a" if m["delta_ratio"] is None else f"{m['delta_ratio']:.2f}"
+        lines.append(
+            f"| RSS growth MiB after model build | {o['delta_rss_mib']:.0f} | {h['delta_rss_mib']:.0f} | {dr} |"
+        )
+    if "peak" in res:
+        pk = res["peak"]
+        for name, r in pk.items():
+            if name == "matmul":
+                continue
+            o, h = r["ours"], r["hf"]
+            lines.append(
+                f"| train GFLOP/s (fraction of peak), {name} | {o['flops_per_s'] / 1e9:.1f} "
+                f"({o['fraction_of_peak']:.0%}) | {h['flops_per_s'] / 1e9:.1f} ({h['fraction_of_peak']:.0%}) "
+                f"| {o['flops_per_s'] / h['flops_per_s']:.2f} |"
+            )
+        lines.append(
+            f"\nfp32 matmul peak ({pk['matmul']['n']}x{pk['matmul']['n']} torch.mm): "
+            f"{pk['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s"
+        )
+    if "scaling" in res:
+        lines += ["", "Our training step against length (source = target length, batch tokens ~constant)", ""]
+        lines += ["| length | batch | step ms | tokens/s | GFLOP/s |", "|---:|---:|---:|---:|---:|"]
+        for r in res["scaling"]:
+            lines.append(
+                f"| {r['length']} | {r['batch']} | {r['step_seconds'] * 1e3:.0f} | {fmt(r['tokens_per_s'])} "
+                f"| {r['flops_per_s'] / 1e9:.1f} |"
+            )
+    if "gru" in res:
+        g = res["gru"]
+        lines += ["", f"Our GRU ({g['params']:,} parameters) against our Transformer", ""]
+        lines += [
+            "| figure | GRU | Transformer | GRU / Transformer (range of pairs) |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, r in g.items():
+            if name == "params":
+                continue
+            unit = "train tokens/s" if name.startswith("train") else "greedy new tokens/s"
+            lines.append(
+                f"| {unit}, {name.split('_', 1)[1]} | {fmt(r['gru'])} | {fmt(r['transformer'])} "
+                f"| {_ratio(r)} |"
+            )
+    headline = [k for k in ("train_speedup", "greedy_speedup", "beam5_speedup", "peak_mem_ratio") if k in res]
+    if headline:
+        lines += [
+            "",
+            "Headline (lowest ratio over shapes / batches): "
+            + ", ".join(f"{k} {res[k]:.2f}" for k in headline),
+        ]
+    if res.get("note"):
+        lines += ["", f"Note: {res['note']}"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default: the preset's)")
+    ap.add_argument("--warmup", type=int, default=None, help="discarded repetitions (default: the preset's)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--out", default="bench/results.json")
+    ap.add_argument(
+        "--sections",
+        default=",".join(ALL_SECTIONS),
+        help="comma-separated subset of " + ",".join(ALL_SECTIONS),
+    )
+    ap.add_argument("--_side", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(ALL_SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {','.join(ALL_SECTIONS)}")
+    args.section_list = sections
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args._side:
+        side_main(args)
+        return {}
+    import transformers
+
+    import bigseq.tokenizer
+    from bigseq.models.base import count_parameters
+
+    assert (PAD, BOS, EOS) == (bigseq.tokenizer.PAD, bigseq.tokenizer.BOS, bigseq.tokenizer.EOS)
+    p = PRESETS[args.preset]
+    reps = args.reps if args.reps is not None else p.reps
+    warmup = args.warmup if args.warmup is not None else p.warmup
+    if reps < 1 or warmup < 0:
+        raise SystemExit("--reps must be >= 1 and --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    sections = args.section_list
+    res: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "preset": args.preset,
+        "shape": {k: getattr(p, k) for k in ("vocab", "d_model", "layers", "heads", "d_ff", "max_positions")},
+        "threads": args.threads,
+        "reps": reps,
+        "warmup": warmup,
+        "beam_width": p.beam,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python_version": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "note": p.note,
+        "sections": sections,
+    }
+    ours, hf = build_ours(p), build_hf(p)
+    res["hf_attn_implementation"] = hf.config._attn_implementation
+    res["params"] = {"ours": count_parameters(ours), "hf": count_parameters(hf)}
+    print(f"parameters: ours {res['params']['ours']:,}, transformers {res['params']['hf']:,}", flush=True)
+    gap = abs(res["params"]["ours"] - res["params"]["hf"]) / res["params"]["hf"]
+    assert gap <= p.param_tolerance, f"parameter counts differ by {gap:.1%} (> {p.param_tolerance:.0%})"
+
+    if "train" in sections or "peak" in sections:
+        res["train"] = section_train(p, ours, hf, reps, warmup)
+        res["train_speedup"] = min(r["ratio"] for r in res["train"].values())
+    if "greedy" in sections:
+        res["greedy"] = section_gen(p, ours, hf, 1, reps, warmup)
+        res["greedy_speedup"] = min(r["ratio"] for r in res["greedy"].values())
+    if "beam" in sections:
+        res["beam"] = section_gen(p, ours, hf, p.beam, reps, warmup)
+        res[f"beam{p.beam}_speedup"] = min(r["ratio"] for r in res["beam"].values())
+    if "peak" in sections:
+        res["peak"] = section_peak(p, res["train"], reps)
+    if "scaling" in sections:
+        res["scaling"] = section_scaling(p, ours, reps, warmup)
+    if "gru" in sections:
+        res["gru"] = section_gru(p, ours, reps, warmup)
+    del hf
+    if "memory" in sections:
+        res["memory"] = section_memory(args)
+        res["peak_mem_ratio"] = res["memory"]["ratio"]
+
+    table = markdown(res)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The side-by-side benchmark runs end to end at a tiny shape and writes the figures the issue asks for.
+
+No timing is asserted: only that every figure exists and is a positive finite number, and that the two
+models of the ``small`` preset have the same size within 5% (built and counted, never timed).
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "transformers", reason="the benchmark compares against transformers (bench/requirements.txt)"
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "bench.py"
+REQUIRED = ("train_speedup", "greedy_speedup", "beam5_speedup", "peak_mem_ratio")
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bigseq_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, str(SCRIPT), "--preset", "tiny-test", "--threads", "1", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "| figure | ours | transformers |" in res.stdout
+    data = json.loads(out.read_text())
+    for key in REQUIRED:
+        assert _positive_finite(data[key]), (key, data.get(key))
+    for key in ("date", "command", "torch_version", "transformers_version", "cpu"):
+        assert isinstance(data[key], str) and data[key], key
+    assert data["threads"] == 1
+    for section in ("train", "greedy", "beam"):
+        for row in data[section].values():
+            assert (
+                _positive_finite(row["ours"])
+                and _positive_finite(row["hf"])
+                and _positive_finite(row["ratio"])
+            )
+    for side in ("ours", "hf"):
+        assert _positive_finite(data["memory"][side]["peak_rss_mib"])
+    assert data["memory"]["ours"]["transformers_imported"] is False
+    assert data["memory"]["hf"]["bigseq_imported"] is False
+    assert _positive_finite(data["peak"]["matmul"]["flops_per_s"])
+    for name, row in data["peak"].items():
+        if name != "matmul":
+            assert _positive_finite(row["ours"]["fraction_of_peak"])
+            assert _positive_finite(row["hf"]["fraction_of_peak"])
+    assert [r["length"] for r in data["scaling"]] == [8, 16]
+    assert all(_positive_finite(r["step_seconds"]) for r in data["scaling"])
+    assert _positive_finite(data["gru"]["params"])
+    assert all(_positive_finite(r["gru"]) for k, r in data["gru"].items() if k != "params")
+
+
+def test_small_preset_models_have_the_same_size():
+    bench = _load_bench()
+    counts = bench.param_counts(bench.PRESETS["small"])
+    assert 7_000_000 < counts["ours"] < 8_500_000, counts
+    assert abs(counts["ours"] - counts["hf"]) / counts["hf"] <= 0.05, counts
+
+
+def test_flop_formula_counts_six_macs_per_parameter_per_token():
+    """Without attention terms (length 1 each side), the count is 6 x matmul weights x tokens."""
+    bench = _load_bench()
+    p = bench.PRESETS["small"]
+    d, f, v, n = p.d_model, p.d_ff, p.vocab, p.layers
+    enc_w = n * (4 * d * d + 2 * d * f)
+    dec_w = n * (8 * d * d + 2 * d * f)  # self Q K V out, cross Q K V out, FFN
+    attention = n * 2 * d * 3  # s = t = 1: QK^T and PV for encoder self, decoder self and cross
+    expected = 6 * (enc_w + dec_w + d * v + attention)
+    assert bench.train_flops(p, 1, 1, 1) == expected
