@@ -30,6 +30,8 @@ def _select(value: Any, index: Tensor) -> Any:
         return [_select(v, index) for v in value]
     if isinstance(value, tuple):
         return tuple(_select(v, index) for v in value)
+    if isinstance(value, dict):
+        return {k: _select(v, index) for k, v in value.items()}
     return value
 
 
@@ -49,14 +51,7 @@ class Memory(Batched):
 
     states: Tensor
     mask: Tensor
-    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)
-
-    def select(self, index: Tensor) -> Memory:
-        return Memory(
-            self.states.index_select(0, index),
-            self.mask.index_select(0, index),
-            {k: v.index_select(0, index) for k, v in self.extra.items()},
-        )
+    extra: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # model-specific, batch first
 
 
 class Seq2Seq(Protocol):
