@@ -5,9 +5,9 @@ run = bigseq.load("runs/g2p")
 run.generate(["hello"], beam=5)
 """
 
-from bigseq.api import Seq2SeqRun, load, train
+from bigseq.api import Seq2SeqRun, finetune, load, pretrain, train
 from bigseq.config import Config
 from bigseq.errors import BigseqError
 
-__all__ = ["BigseqError", "Config", "Seq2SeqRun", "load", "train"]
+__all__ = ["BigseqError", "Config", "Seq2SeqRun", "finetune", "load", "pretrain", "train"]
 __version__ = "0.1.0"

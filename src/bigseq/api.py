@@ -8,6 +8,7 @@ run.evaluate("test.jsonl")                      # -> {"n": ..., "wer": ..., ...}
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -17,15 +18,19 @@ from typing import Any
 import torch
 
 from bigseq.config import Config
-from bigseq.data.batching import collate, encode_pairs
+from bigseq.data.batching import PairSet, collate, encode_pairs
+from bigseq.data.corpus import build_shards, iter_texts, resolve_inputs
+from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
+from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
-from bigseq.errors import BigseqError
-from bigseq.evaluation import evaluate, translate
+from bigseq.errors import BigseqError, ConfigError
+from bigseq.evaluation import closed_label_set, evaluate, teacher_forced_loss, translate
 from bigseq.models.base import build_model, count_parameters
+from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.search import score_targets
-from bigseq.tokenizer import TokenizerPair, build_tokenizers
+from bigseq.tokenizer import UNK, Tokenizer, TokenizerPair, build_tokenizers
 from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_weights
-from bigseq.train.loop import Summary, fit
+from bigseq.train.loop import EpochData, Summary, Validate, fit
 
 CONFIG_FILE = "config.yaml"
 
@@ -60,6 +65,7 @@ class Seq2SeqRun:
             self._search(**search),
             self.config.data.max_src_len,
             seed,
+            labels=self.config.data.labels,
         )
 
     def generate(self, sources: Sequence[str], seed: int | None = None, **search: Any) -> list[str]:
@@ -81,7 +87,7 @@ class Seq2SeqRun:
         d = self.config.data
         return evaluate(
             self.model, self.tokenizers, examples, self._search(**search), self.config.metrics,
-            d.max_src_len, d.max_tgt_len,
+            d.max_src_len, d.max_tgt_len, labels=d.labels,
         )  # fmt: skip
 
     @property
@@ -102,6 +108,72 @@ def load(run_dir: str | Path, weights: str | Path | None = None) -> Seq2SeqRun:
     return Seq2SeqRun(run_dir, cfg, toks, model)
 
 
+def _new_run_dir(out: Path) -> None:
+    if (out / WEIGHTS_FILE).exists() or (out / CONFIG_FILE).exists():
+        raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def _resumed(cfg: Config, out: Path) -> Config:
+    """The config to continue ``out`` with: model, data and pretraining settings as saved (they define the
+    run); train / search settings as given now (e.g. a longer --max-steps)."""
+    if not (out / STATE_DIR / "state.pt").is_file():
+        raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)")
+    saved = Config.load(out / CONFIG_FILE)
+    return replace(cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics)
+
+
+def _use_labels(cfg: Config, train_ex: Sequence[Example], log: Any) -> None:
+    """Record a closed label set found in the training targets; classification metrics then apply."""
+    if not cfg.data.labels:
+        cfg.data.labels = closed_label_set(train_ex)
+    if not cfg.data.labels:
+        if cfg.train.metric not in ("loss", *cfg.metrics):
+            raise ConfigError(
+                f"train.metric={cfg.train.metric!r} needs a classification task, but the training targets "
+                "do not form a closed label set (set data.labels to name one)"
+            )
+        return
+    if cfg.metrics == Config().metrics:  # the generation defaults (BLEU of one-word answers says nothing)
+        cfg.metrics = ["accuracy", "macro_f1"]
+    cfg.metrics = [*cfg.metrics, *(m for m in ("accuracy", "macro_f1") if m not in cfg.metrics)]
+    log(f"labels: {len(cfg.data.labels)} classes ({', '.join(cfg.data.labels[:8])}"
+            f"{', ...' if len(cfg.data.labels) > 8 else ''}); decoding constrained to them")  # fmt: skip
+
+
+def _task_validate(cfg: Config, toks: TokenizerPair, valid_ex: list[Example]) -> Validate:
+    d = cfg.data
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate(
+            model, toks, valid_ex, cfg.search, cfg.metrics, d.max_src_len, d.max_tgt_len,
+            decode_examples=cfg.train.eval_examples, labels=d.labels,
+        )  # fmt: skip
+
+    return validate
+
+
+def _fit(
+    cfg: Config,
+    model: torch.nn.Module,
+    data: EpochData,
+    validate: Validate,
+    out: Path,
+    resume: bool,
+    progress: bool,
+    log: Any,
+    what: str,
+) -> Summary:
+    trainable = trainable_parameters(model)
+    total = count_parameters(model)
+    share = f" ({trainable:,} trainable)" if trainable != total else ""
+    log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
+    summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=merged)
+    (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
 def train(
     cfg: Config,
     train_path: str | Path,
@@ -116,17 +188,10 @@ def train(
     train_ex = read_examples(train_path)
     valid_ex = read_examples(valid_path)
     if resume:
-        if not (out / STATE_DIR / "state.pt").is_file():
-            raise BigseqError(
-                f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)"
-            )
-        saved = Config.load(out / CONFIG_FILE)
-        cfg = replace(cfg, model=saved.model, data=saved.data)
+        cfg = _resumed(cfg, out)
         toks = TokenizerPair.load(out)
     else:
-        if (out / WEIGHTS_FILE).exists():
-            raise BigseqError(f"{out}: already holds a trained run; choose a new --out or pass --resume")
-        out.mkdir(parents=True, exist_ok=True)
+        _new_run_dir(out)
         d = cfg.data
         t0 = time.perf_counter()
         toks = build_tokenizers(
@@ -141,20 +206,159 @@ def train(
             f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
         cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = toks.src.vocab_size, toks.tgt.vocab_size
         cfg.model.shared_vocab = d.shared_vocab
+        _use_labels(cfg, train_ex, log)
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
+    data = _encode_train(cfg, toks, train_ex, log)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    what = f"{len(data):,} training pairs ({data.n_tokens:,} tokens), {len(valid_ex):,} valid examples"
+    return _fit(cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what)
+
+
+def _encode_train(cfg: Config, toks: TokenizerPair, train_ex: list[Example], log: Any) -> PairSet:
     d = cfg.data
     data = encode_pairs(train_ex, toks, d.max_src_len, d.max_tgt_len)
     if data.truncated:
         log(f"note: {data.truncated} training pairs were truncated to data.max_src_len / data.max_tgt_len")
+    return data
+
+
+def finetune(
+    cfg: Config,
+    init_dir: str | Path,
+    train_path: str | Path,
+    valid_path: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    log: Any = print,
+    from_scratch: bool = False,
+) -> Summary:
+    """Fine-tune the run in ``init_dir`` (usually pretrained) on labeled pairs into ``out_dir``.
+
+    The new run reuses the init run's tokenizer and architecture (model section of its config) and starts
+    from its weights with a fresh optimizer; ``cfg.train`` decides freezing (``train.freeze``) and LoRA
+    (``train.lora_rank``; adapters are merged into plain weights whenever weights are published).
+    ``from_scratch`` keeps the tokenizer and architecture but not the weights: the control arm of the
+    "does pretraining help?" ablation.
+    """
+    init, out = Path(init_dir), Path(out_dir)
+    train_ex = read_examples(train_path)
+    valid_ex = read_examples(valid_path)
+    if resume:
+        cfg = _resumed(cfg, out)
+        toks = TokenizerPair.load(out)
+    else:
+        if not (init / CONFIG_FILE).is_file():
+            raise BigseqError(
+                f"{init}: not a run directory (no {CONFIG_FILE}); pass a pretrained run to --init"
+            )
+        init_cfg = Config.load(init / CONFIG_FILE)
+        toks = TokenizerPair.load(init)
+        _new_run_dir(out)
+        cfg.model = init_cfg.model
+        for key in ("src_tokenizer", "tgt_tokenizer", "vocab_size", "shared_vocab"):
+            setattr(cfg.data, key, getattr(init_cfg.data, key))
+        cfg.train.init = None if from_scratch else str(init.resolve())
+        _use_labels(cfg, train_ex, log)
+        cfg.validate()
+        toks.save(out)
+        cfg.save(out / CONFIG_FILE)
+    data = _encode_train(cfg, toks, train_ex, log)
+    # On resume the weights come from the train state; otherwise from the init run (unless from scratch).
+    model = finetune_model(cfg, None if resume or from_scratch else init, log)
+    start = "random initialisation" if from_scratch else f"weights of {init}"
+    what = f"from {start}; {len(data):,} training pairs, {len(valid_ex):,} valid examples"
+    return _fit(cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what)
+
+
+def finetune_model(cfg: Config, init_dir: str | Path | None, log: Any = print) -> torch.nn.Module:
+    """The model a fine-tuning run starts from: ``cfg.model`` built, the weights of ``init_dir`` loaded
+    exactly (random initialisation with seed ``train.seed`` when None), then ``train.freeze`` and
+    ``train.lora_rank`` applied."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
-    log(
-        f"model: {cfg.model.arch}, {count_parameters(model):,} parameters; data: {len(data):,} training pairs "
-        f"({data.n_tokens:,} tokens), {len(valid_ex):,} valid examples"
-    )
-    summary = fit(cfg, model, toks, data, valid_ex, out, resume=resume, progress=progress)
-    (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n", encoding="utf-8")
-    return summary
+    if init_dir is not None:
+        load_weights(model, Path(init_dir) / WEIGHTS_FILE)
+    tc = cfg.train
+    if tc.freeze:
+        log(f"frozen: {', '.join(tc.freeze)} ({freeze(model, tc.freeze):,} parameters)")
+    if tc.lora_rank:
+        layers = add_lora(model, tc.lora_rank, tc.lora_alpha)
+        log(
+            f"LoRA: rank {tc.lora_rank}, alpha {tc.lora_alpha:g}, on {len(layers)} linear layers; merged on save"
+        )
+    return model
+
+
+def pretrain(
+    cfg: Config,
+    texts: Sequence[str | Path],
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    log: Any = print,
+    tokenizer: str | Path | None = None,
+    shards_dir: str | Path | None = None,
+) -> Summary:
+    """Pretrain on raw text (``.txt`` files, ``.jsonl`` with a ``text`` field, globs) with the objective
+    of ``cfg.pretrain``. The tokenizer is trained on the corpus (or loaded from ``tokenizer``) with the
+    sentinel and mask tokens; the corpus is tokenized once into shards (``shards_dir``, default
+    ``OUT/shards``), reused while the text and the tokenizer are unchanged."""
+    out = Path(out_dir)
+    files = resolve_inputs(texts)
+    if resume:
+        cfg = _resumed(cfg, out)
+        toks = TokenizerPair.load(out)
+    else:
+        _new_run_dir(out)
+        d = cfg.data
+        t0 = time.perf_counter()
+        if tokenizer is not None:
+            tok = Tokenizer.load(tokenizer)
+        else:
+            tok = Tokenizer.train(
+                iter_texts(files), d.src_tokenizer, d.vocab_size, extra_special_tokens=PRETRAIN_SPECIAL_TOKENS
+            )
+        log(f"tokenizer: {tok.mode}, {tok.vocab_size:,} types ({time.perf_counter() - t0:.1f}s)")
+        toks = TokenizerPair(tok, tok, shared=True)
+        d.src_tokenizer = d.tgt_tokenizer = tok.mode
+        d.shared_vocab = cfg.model.shared_vocab = True
+        cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = tok.vocab_size
+        cfg.metrics, cfg.train.metric = [], "loss"
+        cfg.validate()
+        if cfg.pretrain.window_tokens + 2 > cfg.model.max_positions:
+            raise ConfigError(
+                f"pretrain.window_tokens ({cfg.pretrain.window_tokens}) + BOS/EOS exceeds "
+                f"model.max_positions ({cfg.model.max_positions})"
+            )
+        toks.save(out)
+        cfg.save(out / CONFIG_FILE)
+    p = cfg.pretrain
+    t0 = time.perf_counter()
+    shards = build_shards(files, toks.src, shards_dir or out / "shards", shard_tokens=p.shard_tokens)
+    log(f"corpus: {len(files)} file(s), {shards.n_tokens:,} tokens in {shards.n_shards} shard(s) "
+        f"({'reused' if shards.reused else 'built'} in {time.perf_counter() - t0:.1f}s: {shards.root})")  # fmt: skip
+    objective = Objective.for_tokenizer(
+        p.objective, toks.src, noise_density=p.noise_density, mean_span_length=p.mean_span_length,
+        mask_ratio=p.mask_ratio, poisson_lambda=p.poisson_lambda, min_prefix_frac=p.min_prefix_frac,
+        max_prefix_frac=p.max_prefix_frac,
+    )  # fmt: skip
+    newline = toks.src.encode("\n")
+    separator = newline[0] if len(newline) == 1 and newline[0] != UNK else None
+    data = PretrainData(shards, objective, p.window_tokens, separator, cfg.train.seed, p.chunk_windows,
+                        p.valid_windows)  # fmt: skip
+    valid = data.valid()
+
+    def validate(model: torch.nn.Module) -> dict[str, float]:
+        if not len(valid):
+            return {"n": 0, "loss": float("nan"), "perplexity": float("nan")}
+        loss, _ = teacher_forced_loss(model, valid, 8192)
+        return {"n": len(valid), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    what = f"objective {p.objective}; {data.describe()}"
+    return _fit(cfg, model, data, validate, out, resume, progress, log, what)

@@ -19,8 +19,33 @@ examples:
   echo "hello" | bigseq generate runs/demo --beam 5
   bigseq evaluate runs/demo --data test.jsonl
 
+  bigseq pretrain --text 'corpus/*.txt' --out runs/lm --objective span --max-minutes 30
+  bigseq finetune --init runs/lm --train genre_train.jsonl --valid genre_valid.jsonl --out runs/genre
+
 data: .jsonl lines {"source": ..., "target": ...} (target may be a list of references) or .tsv source<TAB>target.
 """
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", required=True, type=Path, help="training data (.jsonl or .tsv)")
+    p.add_argument("--valid", required=True, type=Path, help="validation data (.jsonl or .tsv)")
+    p.add_argument("--out", required=True, type=Path, help="run directory to create (or resume)")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", choices=["transformer", "gru"], help="model family (default: transformer)")
+    p.add_argument("--preset", help="model size: tiny, small, base, large")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall time")
+    p.add_argument("--config", type=Path, help="YAML config file (see a run's config.yaml for every key)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4"
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:
@@ -34,26 +59,40 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bigseq",
-        description="Sequence-to-sequence models (GRU and Transformer encoder-decoders): train, generate, evaluate.",
+        description="Sequence-to-sequence models (GRU and Transformer encoder-decoders): train, pretrain, "
+        "fine-tune, generate, evaluate.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     t = sub.add_parser("train", help="train a model on source/target pairs into a run directory")
-    t.add_argument("--train", required=True, type=Path, help="training data (.jsonl or .tsv)")
-    t.add_argument("--valid", required=True, type=Path, help="validation data (.jsonl or .tsv)")
-    t.add_argument("--out", required=True, type=Path, help="run directory to create (or resume)")
-    t.add_argument("--arch", choices=["transformer", "gru"], help="model family (default: transformer)")
-    t.add_argument("--preset", help="model size: tiny, small, base, large")
-    t.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    t.add_argument("--max-minutes", type=float, help="stop after this much wall time")
-    t.add_argument("--config", type=Path, help="YAML config file (see a run's config.yaml for every key)")
-    t.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4"
-    )
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_data_flags(t)
+    _add_model_flags(t)
+    _add_run_flags(t)
+
+    pt = sub.add_parser("pretrain", help="pretrain on raw text (span corruption, infilling or prefix LM)")
+    pt.add_argument("--text", required=True, nargs="+", metavar="FILE_OR_GLOB",
+                    help="corpus: .txt files (a line = a segment, a file = a document) or .jsonl with a "
+                    "'text' field; quote globs")  # fmt: skip
+    pt.add_argument("--out", required=True, type=Path, help="run directory to create (or resume)")
+    pt.add_argument("--objective", choices=["span", "infill", "prefix"],
+                    help="T5 span corruption (default), BART text infilling or prefix LM")  # fmt: skip
+    pt.add_argument("--tokenizer", type=Path, help="use this tokenizer.json instead of training one")
+    pt.add_argument("--shards", type=Path, help="where the token shards go (default: OUT/shards); reused")
+    _add_model_flags(pt)
+    _add_run_flags(pt)
+
+    ft = sub.add_parser("finetune", help="fine-tune a (pretrained) run on source/target pairs")
+    ft.add_argument("--init", required=True, type=Path, help="run directory to start from")
+    _add_data_flags(ft)
+    ft.add_argument("--freeze", action="append", choices=["embeddings", "encoder", "decoder"], default=[],
+                    help="keep this part fixed (repeatable)")  # fmt: skip
+    ft.add_argument("--lora-rank", type=int, help="train rank-r LoRA adapters instead of the weights")
+    ft.add_argument("--lora-alpha", type=float, help="LoRA scale alpha (adapters scaled by alpha/rank)")
+    ft.add_argument("--from-scratch", action="store_true",
+                    help="same tokenizer and architecture as --init but random weights (ablation control)")  # fmt: skip
+    _add_run_flags(ft)
 
     g = sub.add_parser("generate", help="read inputs on stdin, write one output line per input on stdout")
     g.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -72,34 +111,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config(args: argparse.Namespace):  # noqa: ANN202 - returns bigseq.config.Config
+    """defaults -> preset -> YAML -> flags -> --set, validated."""
+    from bigseq.config import build_config
+
+    freeze = getattr(args, "freeze", None)
+    cfg = build_config(
+        args.config,
+        getattr(args, "preset", None),
+        args.set,
+        model__arch=getattr(args, "arch", None),
+        train__max_steps=args.max_steps,
+        train__max_minutes=args.max_minutes,
+        pretrain__objective=getattr(args, "objective", None),
+        train__lora_rank=getattr(args, "lora_rank", None),
+        train__lora_alpha=getattr(args, "lora_alpha", None),
+    )
+    if freeze:
+        cfg.train.freeze = list(dict.fromkeys([*cfg.train.freeze, *freeze]))
+    return cfg.validate()
+
+
+def _log(args: argparse.Namespace):  # noqa: ANN202
+    return (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+
+
 def _train(args: argparse.Namespace) -> None:
     from bigseq import api
-    from bigseq.config import Config, apply_overrides, apply_preset, from_dict, read_yaml
 
-    cfg = Config()
-    file_cfg = read_yaml(args.config) if args.config else {}
-    preset = args.preset or file_cfg.pop("preset", None)
-    if preset:
-        apply_preset(cfg, preset)
-    from_dict(file_cfg, cfg)
-    if args.arch:
-        cfg.model.arch = args.arch
-    if args.max_steps is not None:
-        cfg.train.max_steps = args.max_steps
-    if args.max_minutes is not None:
-        cfg.train.max_minutes = args.max_minutes
-    apply_overrides(cfg, args.set)
-    cfg.validate()
-    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     summary = api.train(
-        cfg, args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet, log=log
-    )
+        _config(args), args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet,
+        log=_log(args),
+    )  # fmt: skip
+    print(summary, file=sys.stderr)
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from bigseq import api
+
+    summary = api.pretrain(
+        _config(args), args.text, args.out, resume=args.resume, progress=not args.quiet, log=_log(args),
+        tokenizer=args.tokenizer, shards_dir=args.shards,
+    )  # fmt: skip
+    print(summary, file=sys.stderr)
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from bigseq import api
+
+    summary = api.finetune(
+        _config(args), args.init, args.train, args.valid, args.out, resume=args.resume,
+        progress=not args.quiet, log=_log(args), from_scratch=args.from_scratch,
+    )  # fmt: skip
     print(summary, file=sys.stderr)
 
 
 def _search_overrides(args: argparse.Namespace) -> dict:
     keys = ["beam", "length_penalty", "batch_size", "n_best", "temperature", "top_k", "top_p"]
     out = {k: getattr(args, k, None) for k in keys}
+    if out["n_best"] and not out["beam"] and not getattr(args, "sample", False):
+        out["beam"] = out["n_best"]  # asking for n hypotheses implies searching for at least n
     if getattr(args, "sample", False):
         out["sample"] = True
     return out
@@ -127,7 +198,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "generate": _generate, "evaluate": _evaluate}[args.verb](args)
+        verbs = {"train": _train, "pretrain": _pretrain, "finetune": _finetune, "generate": _generate,
+                 "evaluate": _evaluate}  # fmt: skip
+        verbs[args.verb](args)
     except BigseqError as e:
         print(f"bigseq {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ from bigseq.errors import ConfigError
 ARCHS = ("transformer", "gru")
 TOKENIZER_MODES = ("bpe", "unigram", "char", "word")
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+FREEZABLE = ("embeddings", "encoder", "decoder")
+OBJECTIVE_NAMES = ("span", "infill", "prefix")
 METRICS = ("exact_match", "wer", "per", "bleu", "chrf", "accuracy", "macro_f1")
 
 
@@ -68,6 +70,10 @@ class DataConfig:
     shared_vocab: bool = True  # one tokenizer for source and target (needs the same mode)
     max_src_len: int = 256  # longer examples are truncated (tokens, before BOS/EOS)
     max_tgt_len: int = 256
+    # The closed label set of a classification task (targets are label texts). Filled in from the training
+    # data when its targets form a small closed set; then `evaluate` reports accuracy / macro-F1 and search
+    # can be constrained to these labels (search.constrain).
+    labels: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         _choice("data.src_tokenizer", self.src_tokenizer, TOKENIZER_MODES)
@@ -79,6 +85,8 @@ class DataConfig:
             )
         for name in ("vocab_size", "max_src_len", "max_tgt_len"):
             _positive(f"data.{name}", getattr(self, name))
+        if len(set(self.labels)) != len(self.labels) or any(not lab.strip() for lab in self.labels):
+            raise ConfigError(f"data.labels must be distinct, non-blank strings, got {self.labels}")
 
 
 @dataclass
@@ -106,6 +114,11 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20
+    # Fine-tuning (bigseq finetune): which parts stay fixed, and LoRA adapters.
+    freeze: list[str] = field(default_factory=list)  # any of: embeddings, encoder, decoder
+    lora_rank: int = 0  # > 0: train rank-r adapters on every linear layer but the output head, base frozen
+    lora_alpha: float = 16.0  # adapter scale alpha / rank (as in the LoRA paper)
+    init: str | None = None  # the run whose weights this one started from (set by bigseq finetune)
 
     def validate(self) -> None:
         _choice("train.schedule", self.schedule, SCHEDULES)
@@ -120,6 +133,12 @@ class TrainConfig:
             raise ConfigError(f"train.max_minutes must be > 0, got {self.max_minutes}")
         if len(self.adam_betas) != 2:
             raise ConfigError(f"train.adam_betas must have two values, got {self.adam_betas}")
+        for part in self.freeze:
+            _choice("train.freeze[]", part, FREEZABLE)
+        if self.lora_rank < 0:
+            raise ConfigError(f"train.lora_rank must be >= 0, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"train.lora_alpha must be > 0, got {self.lora_alpha}")
 
 
 @dataclass
@@ -136,6 +155,9 @@ class SearchConfig:
     top_k: int = 0
     top_p: float = 1.0
     batch_size: int = 64
+    constrain: bool = (
+        True  # with data.labels: score each label and answer with the best, never outside the set
+    )
 
     def validate(self) -> None:
         _positive("search.beam", self.beam)
@@ -150,6 +172,36 @@ class SearchConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """How ``bigseq pretrain`` turns raw text into (source, target) pairs (see bigseq.data.objectives)."""
+
+    objective: str = "span"  # span (T5 span corruption) | infill (BART text infilling) | prefix (prefix LM)
+    window_tokens: int = (
+        128  # consecutive corpus tokens per example (segments of one document, newline-joined)
+    )
+    noise_density: float = 0.15  # span: fraction of tokens hidden
+    mean_span_length: float = 3.0  # span
+    mask_ratio: float = 0.3  # infill: fraction of tokens masked
+    poisson_lambda: float = 3.0  # infill: mean span length
+    min_prefix_frac: float = 0.2  # prefix: the prefix length is drawn between these fractions
+    max_prefix_frac: float = 0.8
+    chunk_windows: int = (
+        20000  # windows per data chunk (one chunk in memory at a time; an "epoch" of the loop)
+    )
+    valid_windows: int = 500  # windows held out (every k-th of the corpus) for validation loss
+    shard_tokens: int = 50_000_000  # tokens per shard file
+
+    def validate(self) -> None:
+        _choice("pretrain.objective", self.objective, OBJECTIVE_NAMES)
+        for name in ("window_tokens", "chunk_windows", "shard_tokens"):
+            _positive(f"pretrain.{name}", getattr(self, name))
+        if self.window_tokens < 2:
+            raise ConfigError(f"pretrain.window_tokens must be >= 2, got {self.window_tokens}")
+        if self.valid_windows < 0:
+            raise ConfigError(f"pretrain.valid_windows must be >= 0, got {self.valid_windows}")
+
+
+@dataclass
 class Config:
     """Everything a run needs; written out whole as ``config.yaml``."""
 
@@ -157,6 +209,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "bleu", "chrf"])
 
     def validate(self) -> Config:
@@ -164,9 +217,11 @@ class Config:
         self.data.validate()
         self.train.validate()
         self.search.validate()
+        self.pretrain.validate()
         for m in self.metrics:
             _choice("metrics[]", m, METRICS)
-        if self.train.metric != "loss" and self.train.metric not in self.metrics:
+        # accuracy / macro_f1 join the metrics by themselves once the training targets form a label set.
+        if self.train.metric not in ("loss", "accuracy", "macro_f1", *self.metrics):
             raise ConfigError(f"train.metric={self.train.metric!r} must be one of metrics={self.metrics}")
         return self
 
@@ -188,6 +243,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "base": {"model": {"d_model": 512, "n_heads": 8, "enc_layers": 6, "dec_layers": 6, "d_ff": 2048}},
     "large": {"model": {"d_model": 1024, "n_heads": 16, "enc_layers": 12, "dec_layers": 12, "d_ff": 4096}},
 }
+
+
+def build_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: list[str] = (), **flags: Any
+) -> Config:
+    """defaults -> preset (``preset``, else the YAML's top-level ``preset`` key) -> YAML file -> ``flags``
+    (dotted keys with ``__`` for ``.``, e.g. ``train__max_steps=100``; None values are skipped) ->
+    ``overrides`` (``["train.lr=3e-4", ...]``). Not validated yet: callers may still fill fields in."""
+    cfg = Config()
+    file_cfg = read_yaml(path) if path else {}
+    preset = preset or file_cfg.pop("preset", None)
+    if preset:
+        apply_preset(cfg, preset)
+    from_dict(file_cfg, cfg)
+    for key, value in flags.items():
+        if value is not None:
+            section, name = key.split("__")
+            from_dict({section: {name: value}}, cfg)
+    return apply_overrides(cfg, list(overrides))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Shared by the training loop (periodic validation), the ``generate`` / ``evaluate
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,8 +17,8 @@ from bigseq import metrics as metrics_mod
 from bigseq.config import SearchConfig
 from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches, pad
 from bigseq.data.readers import Example
-from bigseq.search import Hypothesis, generate, max_lengths
-from bigseq.tokenizer import PAD, UNK, TokenizerPair
+from bigseq.search import Hypothesis, generate, max_lengths, score_candidates
+from bigseq.tokenizer import BOS, EOS, PAD, UNK, TokenizerPair
 
 
 def translate(
@@ -27,12 +28,19 @@ def translate(
     search: SearchConfig,
     max_src_len: int,
     seed: int | None = None,
+    labels: Sequence[str] = (),
 ) -> list[list[tuple[str, float]]]:
     """Decode every source; returns, in input order, ``search.n_best`` (text, log-prob) pairs each.
 
     Inputs are sorted by length into batches of ``search.batch_size`` so that little work goes to padding;
     the result does not depend on that grouping (batch-size invariance of greedy and beam search).
+    With ``labels`` (a closed label set) and ``search.constrain``, each label is scored and the best
+    ``n_best`` are returned instead of searching, so the answer is always one of the labels.
     """
+    constrained = bool(labels) and search.constrain and not search.sample
+    cand = None
+    if constrained:
+        cand = pad([[BOS, *ids, EOS] for ids in toks.tgt.encode_batch(list(labels))])
     was_training = model.training
     model.eval()
     # An empty source would leave nothing to attend to; give it one unknown token instead.
@@ -46,6 +54,12 @@ def translate(
             chunk = order[start : start + search.batch_size]
             src = pad([ids[i] for i in chunk])
             mask = src != PAD
+            if cand is not None:
+                scores = score_candidates(model, src, mask, cand)
+                best = scores.topk(min(search.n_best, len(labels)), dim=1)
+                for i, vals, idx in zip(chunk, best.values.tolist(), best.indices.tolist(), strict=True):
+                    out[i] = [(labels[j], v) for j, v in zip(idx, vals, strict=True)]
+                continue
             hyps = generate(
                 model,
                 src,
@@ -101,21 +115,36 @@ def evaluate(
     max_tgt_len: int,
     batch_tokens: int = 8192,
     decode_examples: int = 0,
+    labels: Sequence[str] = (),
 ) -> dict[str, float]:
     """Loss / perplexity on the first reference of every example, and the task metrics on the decoded
-    outputs of a fixed random subset of ``decode_examples`` examples (0 = all) against all their references."""
+    outputs of a fixed random subset of ``decode_examples`` examples (0 = all) against all their references.
+    ``labels``: the run's closed label set, passed to :func:`translate`."""
     data = encode_pairs(examples, toks, max_src_len, max_tgt_len, all_references=False)
     loss, _ = teacher_forced_loss(model, data, batch_tokens)
     result: dict[str, float] = {"n": len(examples), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     if metric_names:
         subset = subsample(examples, decode_examples, seed=0)
-        preds = [h[0][0] for h in translate(model, toks, [e.source for e in subset], search, max_src_len)]
+        sources = [e.source for e in subset]
+        preds = [h[0][0] for h in translate(model, toks, sources, search, max_src_len, labels=labels)]
         scores = metrics_mod.score(preds, [list(e.targets) for e in subset], metric_names)
         scores.pop("n", None)
         result.update(scores)
         if len(subset) != len(examples):
             result["n_decoded"] = len(subset)
     return result
+
+
+def closed_label_set(examples: Sequence[Example], max_labels: int = 50) -> list[str]:
+    """The sorted label set if the targets look like class labels, else ``[]``: every example has one
+    target, there are at most ``max_labels`` distinct ones and each occurs 10 times on average or more
+    (a generation task's targets are mostly distinct)."""
+    if not examples or any(len(e.targets) != 1 for e in examples):
+        return []
+    counts = Counter(e.targets[0].strip() for e in examples)
+    if len(counts) > max_labels or len(counts) * 10 > len(examples) or "" in counts:
+        return []
+    return sorted(counts)
 
 
 def subsample(examples: Sequence[Example], n: int, seed: int) -> list[Example]:

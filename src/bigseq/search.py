@@ -198,3 +198,18 @@ def score_targets(model: torch.nn.Module, src: Tensor, src_mask: Tensor, tgt: Te
     logits = model(src, src_mask, tgt[:, :-1])
     logp = F.log_softmax(logits.float(), dim=-1).gather(2, tgt[:, 1:, None]).squeeze(2)
     return (logp * (tgt[:, 1:] != PAD)).sum(1)
+
+
+@torch.no_grad()
+def score_candidates(model: torch.nn.Module, src: Tensor, src_mask: Tensor, candidates: Tensor) -> Tensor:
+    """Log-probability of every candidate target for every source, encoding each source once.
+
+    src: (B, S) ids; candidates: (L, T) ids, each BOS ... EOS then padding -> (B, L) log p(candidate | src).
+    This is how a closed label set is decoded: score each label, answer with the best.
+    """
+    n_src, n_cand = src.size(0), candidates.size(0)
+    memory = model.encode(src, src_mask).select(torch.arange(n_src).repeat_interleave(n_cand))
+    tgt = candidates.repeat(n_src, 1)
+    logits, _ = model.decode(tgt[:, :-1], memory, None)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(2, tgt[:, 1:, None]).squeeze(2)
+    return (logp * (tgt[:, 1:] != PAD)).sum(1).view(n_src, n_cand)

@@ -33,6 +33,11 @@ class PairSet:
     def n_tokens(self) -> int:
         return sum(map(len, self.src)) + sum(map(len, self.tgt))
 
+    def epoch(self, e: int) -> PairSet:
+        """The pairs of epoch ``e``: the same every epoch (the training loop asks every data source this;
+        pretraining data answers with a different chunk per epoch)."""
+        return self
+
 
 def encode_pairs(
     examples: Sequence[Example],

@@ -280,6 +280,18 @@ def build_shards(
     return ShardSet(out_dir, reused=False)
 
 
+def iter_texts(paths: Sequence[str | Path], read_buffer_bytes: int = 1 << 20) -> Iterator[str]:
+    """Every segment text of the corpus in order, streamed (what a tokenizer is trained on)."""
+    for path in resolve_inputs(paths):
+        for texts, _ in _read_segments(path, read_buffer_bytes, _NoHash()):
+            yield from texts
+
+
+class _NoHash:
+    def update(self, data: bytes) -> None:
+        pass
+
+
 def _fingerprint(params: dict, tok_json: str, files: Sequence[Path], digests: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps(params, sort_keys=True).encode())

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigseq.config import OBJECTIVE_NAMES
 from bigseq.errors import ConfigError
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
 MASK = "<mask>"
 PRETRAIN_SPECIAL_TOKENS = [*SENTINELS, MASK]
-OBJECTIVES = ("span", "infill", "prefix")
+OBJECTIVES = OBJECTIVE_NAMES
 MIN_LENGTH = 2
 
 Ids = Sequence[int] | np.ndarray

@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,10 +25,8 @@ from tqdm.auto import tqdm
 
 from bigseq.config import Config, TrainConfig
 from bigseq.data.batching import PairSet, collate, make_batches
-from bigseq.data.readers import Example
 from bigseq.errors import BigseqError
-from bigseq.evaluation import evaluate
-from bigseq.tokenizer import PAD, TokenizerPair
+from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
     STATE_DIR,
     WEIGHTS_FILE,
@@ -89,6 +90,16 @@ def make_optimizer(model: torch.nn.Module, tc: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas))
 
 
+class EpochData(Protocol):
+    """What the loop trains on: the pairs of each epoch, a pure function of the epoch number (exact resume).
+    A :class:`PairSet` returns itself; pretraining data returns a new chunk of the corpus."""
+
+    def epoch(self, e: int) -> PairSet: ...
+
+
+Validate = Callable[[torch.nn.Module], dict[str, float]]
+
+
 @dataclass
 class Progress:
     """Where training stands; saved with every checkpoint so that a resumed run continues exactly."""
@@ -131,15 +142,21 @@ class _StopSignals:
 def fit(
     cfg: Config,
     model: torch.nn.Module,
-    toks: TokenizerPair,
-    train_data: PairSet,
-    valid: list[Example],
+    train_data: EpochData,
+    validate: Validate,
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    export: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
 ) -> Summary:
-    """Train ``model`` on ``train_data``, validating on ``valid``; writes weights, state and metrics to
-    ``out_dir``. ``model.safetensors`` always holds the best weights so far."""
+    """Train ``model`` on ``train_data``; every ``eval_every`` steps ``validate(model)`` returns the metrics
+    (``train.metric`` among them). Writes weights, state and metrics to ``out_dir``:
+    ``model.safetensors`` always holds the best weights so far.
+
+    ``export(model)`` gives the plain model whose weights are published (best and snapshots), e.g. LoRA
+    adapters merged into their base weights; the train state keeps ``model`` itself so a resume continues
+    exactly."""
+    export = export or (lambda m: m)
     tc, out = cfg.train, Path(out_dir)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
@@ -154,10 +171,11 @@ def fit(
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["rng"])
         pr = Progress(**st["progress"])
-    src_lens, tgt_lens = [len(s) for s in train_data.src], [len(t) for t in train_data.tgt]
+    data = train_data.epoch(pr.epoch)
 
     def epoch_batches(epoch: int) -> list[np.ndarray]:
-        return make_batches(src_lens, tgt_lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]))
+        lens = [len(s) for s in data.src], [len(t) for t in data.tgt]
+        return make_batches(*lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]))
 
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
@@ -189,8 +207,9 @@ def fit(
             for _ in range(tc.grad_accum):
                 if pr.pos >= len(batches):
                     pr.epoch, pr.pos = pr.epoch + 1, 0
+                    data = train_data.epoch(pr.epoch)
                     batches = epoch_batches(pr.epoch)
-                micro.append(collate(train_data, batches[pr.pos]))
+                micro.append(collate(data, batches[pr.pos]))
                 pr.pos += 1
             n_tgt = sum(b.n_target_tokens for b in micro)
             step = pr.step + 1
@@ -217,7 +236,8 @@ def fit(
                 # Skip the update rather than train on NaN; give up after too many in a row.
                 pr.bad_steps += 1
                 bar.write(
-                    f"step {step}: non-finite loss or gradient, update skipped ({pr.bad_steps} in a row)"
+                    f"step {step}: non-finite loss or gradient, update skipped ({pr.bad_steps} in a row)",
+                    file=sys.stderr,
                 )
                 if pr.bad_steps >= tc.max_bad_steps:
                     raise TrainingError(
@@ -245,7 +265,9 @@ def fit(
 
             elapsed_now = time.perf_counter() - t0
             while pr.snaps_done < len(snapshots) and elapsed_now >= snapshots[pr.snaps_done] * 60:
-                save_weights(model, out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors")
+                save_weights(
+                    export(model), out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors"
+                )
                 pr.snaps_done += 1
             if signals.received:
                 save_checkpoint()
@@ -256,15 +278,13 @@ def fit(
                 continue
 
             # --- evaluate, log, keep the best, save the train state ---
-            result = evaluate(
-                model, toks, valid, cfg.search, cfg.metrics, cfg.data.max_src_len, cfg.data.max_tgt_len,
-                decode_examples=tc.eval_examples,
-            )  # fmt: skip
+            result = validate(model)
+            model.train()
             value = result[metric]
             improved = sign * value < pr.best
             if improved:
                 pr.best, pr.best_step, pr.bad_evals = sign * value, step, 0
-                save_weights(model, out / WEIGHTS_FILE)
+                save_weights(export(model), out / WEIGHTS_FILE)
             else:
                 pr.bad_evals += 1
             record = {
@@ -278,7 +298,7 @@ def fit(
             with metrics_path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k not in ("n", "n_decoded"))
-            bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}")
+            bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}", file=sys.stderr)
             save_checkpoint()
             if out_of_time:
                 stopped_by = "max_minutes"

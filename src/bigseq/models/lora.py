@@ -1,0 +1,104 @@
+"""Fine-tuning helpers: LoRA adapters (Hu et al., 2021) and freezing parts of a model.
+
+LoRA is added with ``torch.nn.utils.parametrize``: a linear layer's weight W (out, in) is computed as
+``W + (alpha / r) * B @ A`` with A (r, in) and B (out, r), B starting at zero so that training starts from
+the pretrained function exactly. W itself stays frozen; only A and B train. Parameter names keep their
+module paths, and :func:`merged` returns a plain copy of the model with ``B @ A`` folded into W, so a
+fine-tuned run directory holds ordinary weights that load without any LoRA code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from bigseq.errors import ConfigError
+from bigseq.models.base import build_model
+
+
+class LoRA(nn.Module):
+    """Parametrization ``W -> W + scale * B @ A`` of a weight of shape (out, in)."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight
+        self.scale = alpha / rank
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight + self.scale * (self.B @ self.A)
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """Names of the linear layers that get adapters: every ``nn.Linear`` except the output head
+    (``lm_head``, tied to the embeddings in the Transformer): attention projections, feed-forward layers and,
+    in the GRU, its attention / bridge / combine layers."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"]
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float) -> list[str]:
+    """Freeze every parameter of ``model`` and add trainable rank-``rank`` adapters to :func:`lora_targets`.
+    Returns the adapted layer names."""
+    if rank < 1:
+        raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = lora_targets(model)
+    modules = dict(model.named_modules())
+    for name in names:
+        layer = modules[name]
+        out_f, in_f = layer.weight.shape
+        parametrize.register_parametrization(
+            layer, "weight", LoRA(out_f, in_f, min(rank, out_f, in_f), alpha)
+        )
+    return names
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(parametrize.is_parametrized(m) for m in model.modules())
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """A plain model (same config, no parametrizations) whose weights are ``model``'s with every adapter
+    folded in (``W + scale * B @ A``); ``model`` itself is untouched. Without adapters, ``model`` itself.
+
+    The copy is built inside ``fork_rng`` so that its throwaway random initialisation leaves the global RNG
+    as it was (an exact resume depends on it); deepcopy is avoided because parametrized modules do not
+    support it reliably."""
+    if not has_lora(model):
+        return model
+    state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if parametrize.is_parametrized(m, "weight"):
+                state[f"{name}.weight"] = m.weight.detach().clone()
+    with torch.random.fork_rng(devices=[]):
+        plain = build_model(model.config)
+    plain.load_state_dict(state)
+    return plain.train(model.training)
+
+
+def freeze(model: nn.Module, parts: list[str]) -> int:
+    """Stop gradients to ``parts`` (``embeddings``: token embeddings and learned positions — with tied
+    embeddings this fixes the output head too; ``encoder``; ``decoder``). Returns the number of parameters
+    frozen. Parameters are found by name, so this works for both architectures."""
+    prefixes = {
+        "embeddings": ("src_embed", "tgt_embed", "src_bias", "tgt_bias", "pos"),
+        "encoder": ("encoder", "enc_ln", "mem_proj", "bridge"),
+        "decoder": ("decoder", "dec_ln", "att_", "combine"),
+    }
+    frozen = 0
+    for name, p in model.named_parameters():
+        top = name.split(".")[0]
+        if p.requires_grad and any(top.startswith(pre) for part in parts for pre in prefixes[part]):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())

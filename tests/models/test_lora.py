@@ -1,0 +1,84 @@
+"""LoRA adapters and freezing: adapters start as a no-op, train alone, and merge into plain weights that
+give the same outputs as the adapter model."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bigseq.models.lora import add_lora, freeze, has_lora, lora_targets, merged, trainable_parameters
+from bigseq.train.checkpoint import save_weights
+from helpers import tiny_model
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(4, 23, (3, 7), generator=g)
+    src[1, 5:] = 0
+    tgt = torch.randint(4, 19, (3, 6), generator=g)
+    return src, src != 0, tgt
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru"])
+def test_adapters_start_as_identity_then_merge_exactly(arch, tmp_path):
+    model = tiny_model(arch)
+    src, mask, tgt = batch()
+    before = model(src, mask, tgt)
+    names = add_lora(model, rank=4, alpha=8.0)
+    assert names == lora_targets(model) and "lm_head" not in names and names
+    torch.testing.assert_close(model(src, mask, tgt), before)  # B = 0: the pretrained function exactly
+    # Give the adapters non-zero values, as training would.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".A", ".B")):
+                p.normal_(0, 0.5)
+    adapted = model(src, mask, tgt)
+    assert not torch.allclose(adapted, before, atol=1e-3)
+    plain = merged(model)
+    assert not has_lora(plain) and has_lora(model)  # the live model keeps training with its adapters
+    torch.testing.assert_close(plain.eval()(src, mask, tgt), adapted, rtol=1e-4, atol=1e-5)
+    # The published file holds ordinary weight names only, loadable by a model without any LoRA code.
+    save_weights(plain, tmp_path / "m.safetensors")
+    keys = load_file(tmp_path / "m.safetensors").keys()
+    assert not any("parametrizations" in k or k.endswith((".A", ".B")) for k in keys)
+    fresh = tiny_model(arch)
+    fresh.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(fresh(src, mask, tgt), adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_merge_does_not_touch_the_global_rng():
+    model = tiny_model("transformer")
+    add_lora(model, 2, 4.0)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    merged(model)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_only_adapters_train_and_get_gradients():
+    model = tiny_model("transformer")
+    total = sum(p.numel() for p in model.parameters())
+    add_lora(model, rank=2, alpha=4.0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith((".A", ".B")) for n in trainable)
+    assert trainable_parameters(model) < total / 4
+    src, mask, tgt = batch()
+    model.train()
+    model(src, mask, tgt).sum().backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == (name in trainable)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru"])
+def test_freeze_parts(arch):
+    model = tiny_model(arch)
+    n = freeze(model, ["embeddings"])
+    emb = {id(p): p for name, p in model.named_parameters(remove_duplicate=False)
+           if name.split(".")[0] in ("src_embed", "tgt_embed", "src_bias", "tgt_bias", "pos")}  # fmt: skip
+    assert n == sum(p.numel() for p in emb.values()) > 0
+    assert not model.src_embed.weight.requires_grad and not model.tgt_embed.weight.requires_grad
+    freeze(model, ["encoder"])
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert any(name.startswith("encoder.") for name in frozen)
+    assert not any(name.startswith("decoder.") for name in frozen)
+    assert all(p.requires_grad for name, p in model.named_parameters() if name.startswith("decoder."))
