@@ -92,7 +92,10 @@ def summarise(runs: list[dict]) -> dict:
         by = {(r["arm"], r["seed"]): r for r in task_runs}
         t: dict = {"seeds": seeds}
         for m in metrics:
-            arms = {arm: [by[arm, s]["test"][m] for s in seeds if (arm, s) in by] for arm in ("pretrained", "scratch")}
+            arms = {
+                arm: [by[arm, s]["test"][m] for s in seeds if (arm, s) in by]
+                for arm in ("pretrained", "scratch")
+            }
             paired = [by["pretrained", s]["test"][m] - by["scratch", s]["test"][m] for s in seeds
                       if ("pretrained", s) in by and ("scratch", s) in by]  # fmt: skip
             t[m] = {arm: mean_sd(v) for arm, v in arms.items() if v}

@@ -3,6 +3,9 @@ accuracy, exact weight loading, LoRA runs that publish plain weights, and clear 
 
 import json
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,38 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["pretrain", "--text", str(tmp_path / "*.txt"), "--out", str(tmp_path / "p"), "--quiet"]) == 2
     assert "no files match" in capsys.readouterr().err
+
+
+PRETRAIN_BLOCK = "<!-- pretrain-example -->"
+
+
+def test_readme_pretrain_commands_run(tmp_path):
+    """The README's pretrain / finetune commands, run as written (with a few steps instead of minutes)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split(PRETRAIN_BLOCK)[1]
+    commands = [line.strip() for line in block.splitlines() if line.startswith("bigseq ")]
+    assert [c.split()[1] for c in commands] == ["pretrain", "finetune", "finetune", "evaluate"]
+    rng = random.Random(1)
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text(
+        "\n".join(sentence(rng, rng.choice(list(ANIMALS))) for _ in range(300))
+    )
+    (tmp_path / "data").mkdir()
+    for split, n in (("train", 60), ("valid", 20), ("test", 20)):
+        rows = [(sentence(rng, a), ANIMALS[a]) for a in (rng.choice(list(ANIMALS)) for _ in range(n))]
+        (tmp_path / "data" / f"genre_{split}.jsonl").write_text(
+            "".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in rows)
+        )
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "OMP_NUM_THREADS": "1",
+    }
+    for cmd in commands:
+        cmd = re.sub(r"--max-minutes \d+", "--max-steps 3 --quiet", cmd).replace(
+            "--preset small", "--preset tiny"
+        )
+        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+    result = json.loads(proc.stdout)
+    assert {"accuracy", "macro_f1"} <= result.keys()
