@@ -21,7 +21,8 @@ Differences that remain (neither can be removed without changing one of the two 
 - BART projects Q, K and V with three matmuls; ours fuses them into one. BART adds a zero
   ``final_logits_bias`` to its logits.
 
-Sections (``--sections``): ``train`` (training throughput), ``greedy`` and ``beam`` (generation throughput),
+Sections (``--sections``): ``train`` (training throughput), ``greedy`` and ``beam`` (generation throughput,
+of our float model and of its int8 copy, ``bigseq.speed.quantize``, each paired with float ``transformers``),
 ``memory`` (peak resident memory of each side in its own subprocess), ``peak`` (achieved training FLOP/s as a
 fraction of this machine's measured fp32 matmul peak), ``scaling`` (our step time against sequence length),
 ``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``).
@@ -414,14 +415,18 @@ def section_train(p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: 
     return out
 
 
-def section_gen(p: Preset, ours: nn.Module, hf: nn.Module, beam: int, reps: int, warmup: int) -> dict:
+def section_gen(
+    p: Preset, ours: nn.Module, hf: nn.Module, beam: int, reps: int, warmup: int, side: str = "ours"
+) -> dict:
+    """Generation throughput of ``ours`` (the float model, or its int8 copy: ``side="ours int8"``) paired
+    with transformers, at each generation batch size."""
     out = {}
     for b in p.gen_batches:
         ta, tb = paired(gen_fn(ours, "ours", p, b, beam), gen_fn(hf, "hf", p, b, beam), reps, warmup)
         out[f"b{b}"] = {"batch": b, "beam": beam, "src": p.gen_src, "new": p.gen_new}
         out[f"b{b}"].update(compare(b * p.gen_new, ta, tb))
         label = "greedy" if beam == 1 else f"beam {beam}"
-        print(f"  {label} b{b}: ours/hf {out[f'b{b}']['ratio']:.2f}", flush=True)
+        print(f"  {label} b{b}: {side}/hf {out[f'b{b}']['ratio']:.2f}", flush=True)
     return out
 
 
@@ -595,7 +600,12 @@ def markdown(res: dict[str, Any]) -> str:
     lines.append(f"| parameters | {pc['ours']:,} | {pc['hf']:,} | {pc['ours'] / pc['hf']:.3f} |")
     for name, r in res.get("train", {}).items():
         lines.append(f"| train tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |")
-    for key, label in (("greedy", "greedy"), ("beam", f"beam {res['beam_width']}")):
+    gen_rows = [("greedy", "greedy"), ("beam", f"beam {res['beam_width']}")]
+    gen_rows += [
+        ("greedy_int8", "greedy (ours int8)"),
+        ("beam_int8", f"beam {res['beam_width']} (ours int8)"),
+    ]
+    for key, label in gen_rows:
         for name, r in res.get(key, {}).items():
             lines.append(
                 f"| {label} new tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |"
@@ -649,7 +659,8 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {unit}, {name.split('_', 1)[1]} | {fmt(r['gru'])} | {fmt(r['transformer'])} "
                 f"| {_ratio(r)} |"
             )
-    headline = [k for k in ("train_speedup", "greedy_speedup", "beam5_speedup", "peak_mem_ratio") if k in res]
+    keys = ["train_speedup", "greedy_speedup", "beam5_speedup", "greedy_speedup_int8", "beam5_speedup_int8"]
+    headline = [k for k in (*keys, "peak_mem_ratio") if k in res]
     if headline:
         lines += [
             "",
@@ -695,6 +706,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import bigseq.tokenizer
     from bigseq.models.base import count_parameters
+    from bigseq.speed import quantize
 
     assert (PAD, BOS, EOS) == (bigseq.tokenizer.PAD, bigseq.tokenizer.BOS, bigseq.tokenizer.EOS)
     p = PRESETS[args.preset]
@@ -732,12 +744,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "train" in sections or "peak" in sections:
         res["train"] = section_train(p, ours, hf, reps, warmup)
         res["train_speedup"] = min(r["ratio"] for r in res["train"].values())
+    # The same generation, same inputs, with our weights in int8 (bigseq.speed.quantize; fp32 transformers).
+    ours_int8 = quantize(ours, "int8") if {"greedy", "beam"} & set(sections) else None
     if "greedy" in sections:
         res["greedy"] = section_gen(p, ours, hf, 1, reps, warmup)
         res["greedy_speedup"] = min(r["ratio"] for r in res["greedy"].values())
+        res["greedy_int8"] = section_gen(p, ours_int8, hf, 1, reps, warmup, side="ours int8")
+        res["greedy_speedup_int8"] = min(r["ratio"] for r in res["greedy_int8"].values())
     if "beam" in sections:
         res["beam"] = section_gen(p, ours, hf, p.beam, reps, warmup)
         res[f"beam{p.beam}_speedup"] = min(r["ratio"] for r in res["beam"].values())
+        res["beam_int8"] = section_gen(p, ours_int8, hf, p.beam, reps, warmup, side="ours int8")
+        res[f"beam{p.beam}_speedup_int8"] = min(r["ratio"] for r in res["beam_int8"].values())
     if "peak" in sections:
         res["peak"] = section_peak(p, res["train"], reps)
     if "scaling" in sections:

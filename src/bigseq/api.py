@@ -17,19 +17,21 @@ from typing import Any
 
 import torch
 
+from bigseq import speed
 from bigseq.config import Config
 from bigseq.data.batching import PairSet, collate, encode_pairs
-from bigseq.data.corpus import build_shards, iter_texts, resolve_inputs
+from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
 from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
-from bigseq.errors import BigseqError, ConfigError
+from bigseq.errors import BigseqError, ConfigError, DataError
 from bigseq.evaluation import closed_label_set, evaluate, teacher_forced_loss, translate
 from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.search import score_targets
 from bigseq.tokenizer import UNK, Tokenizer, TokenizerPair, build_tokenizers
 from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_weights
+from bigseq.train.distributed import World, setup
 from bigseq.train.loop import EpochData, Summary, Validate, fit
 
 CONFIG_FILE = "config.yaml"
@@ -95,9 +97,17 @@ class Seq2SeqRun:
         return count_parameters(self.model)
 
 
-def load(run_dir: str | Path, weights: str | Path | None = None) -> Seq2SeqRun:
+def load(
+    run_dir: str | Path, weights: str | Path | None = None, quantize: str = "none", compile: bool = False
+) -> Seq2SeqRun:
     """Load a run directory (config.yaml, tokenizer.json, model.safetensors); ``weights`` picks another
-    weights file (e.g. a snapshot)."""
+    weights file (e.g. a snapshot). For faster CPU inference (see :mod:`bigseq.speed`): ``quantize="int8"``
+    (linear and GRU layers in int8; outputs may differ slightly from the float model's) or ``compile=True``
+    (torch.compile; tens of seconds up front, for large decoding jobs). The two do not combine."""
+    if quantize == "int8" and compile:
+        raise ConfigError(
+            "quantize=int8 and compile do not combine: torch.compile breaks at every int8 layer"
+        )
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise BigseqError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); train one with `bigseq train`")
@@ -105,6 +115,9 @@ def load(run_dir: str | Path, weights: str | Path | None = None) -> Seq2SeqRun:
     toks = TokenizerPair.load(run_dir)
     model = build_model(cfg.model)
     load_weights(model, weights or run_dir / WEIGHTS_FILE)
+    model = speed.quantize(model.eval(), quantize)
+    if compile:
+        speed.compile_for_inference(model)
     return Seq2SeqRun(run_dir, cfg, toks, model)
 
 
@@ -116,12 +129,28 @@ def _new_run_dir(out: Path) -> None:
 
 
 def _resumed(cfg: Config, out: Path) -> Config:
-    """The config to continue ``out`` with: model, data and pretraining settings as saved (they define the
-    run); train / search settings as given now (e.g. a longer --max-steps)."""
+    """The config to continue ``out`` with (see :func:`_saved`); there must be a train state."""
     if not (out / STATE_DIR / "state.pt").is_file():
         raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)")
+    return _saved(cfg, out)
+
+
+def _saved(cfg: Config, out: Path) -> Config:
+    """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run); train /
+    search settings as given now (e.g. a longer --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
     return replace(cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics)
+
+
+def _join(world: World, out: Path, cfg: Config, resume: bool) -> Config:
+    """Under torchrun: rank 0 has just prepared a new run directory (tokenizer, config); the other ranks
+    wait for it, then read the same config and tokenizer from it, so every rank builds the same model."""
+    world.barrier()
+    return cfg if resume or world.is_main else _saved(cfg, out)
+
+
+def _quiet_unless_main(world: World, log: Any) -> Any:
+    return log if world.is_main else (lambda *a, **k: None)
 
 
 def _use_labels(cfg: Config, train_ex: Sequence[Example], log: Any) -> None:
@@ -164,13 +193,18 @@ def _fit(
     progress: bool,
     log: Any,
     what: str,
+    report: dict[str, int] | None = None,
 ) -> Summary:
+    """Run the loop and write ``summary.json``: the loop's summary plus ``report`` (what reading and
+    encoding the data left out or cut: ``skipped_lines``, ``truncated``, ``dropped``)."""
     trainable = trainable_parameters(model)
     total = count_parameters(model)
     share = f" ({trainable:,} trainable)" if trainable != total else ""
     log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
     summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=merged)
-    (out / "summary.json").write_text(json.dumps(summary.__dict__, indent=2) + "\n", encoding="utf-8")
+    record = {**summary.__dict__, **(report or {})}
+    if setup().is_main:
+        (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -185,12 +219,11 @@ def train(
 ) -> Summary:
     """Read data, train (or reuse, when resuming) the tokenizers, build the model and run the loop."""
     out = Path(out_dir)
-    train_ex = read_examples(train_path)
-    valid_ex = read_examples(valid_path)
-    if resume:
-        cfg = _resumed(cfg, out)
-        toks = TokenizerPair.load(out)
-    else:
+    world = setup()
+    log = _quiet_unless_main(world, log)
+    cfg = _resumed(cfg, out) if resume else cfg  # first: the saved data settings say how to read the data
+    train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
+    if not resume and world.is_main:
         _new_run_dir(out)
         d = cfg.data
         t0 = time.perf_counter()
@@ -210,19 +243,50 @@ def train(
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
+    cfg = _join(world, out, cfg, resume)
+    toks = TokenizerPair.load(out)
     data = _encode_train(cfg, toks, train_ex, log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
     what = f"{len(data):,} training pairs ({data.n_tokens:,} tokens), {len(valid_ex):,} valid examples"
-    return _fit(cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what)
+    report = _data_report(n_skipped, data)
+    return _fit(
+        cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what, report
+    )
+
+
+def _read_pairs(
+    cfg: Config, train_path: str | Path, valid_path: str | Path, log: Any
+) -> tuple[list[Example], list[Example], int]:
+    """The train and valid examples and the number of malformed lines left out. With
+    ``data.on_bad_line=skip`` a bad line costs only itself; the count and the first few reasons
+    (file:line) are logged so that nobody trains on a half-broken file without knowing."""
+    skipped: list[str] | None = [] if cfg.data.on_bad_line == "skip" else None
+    train_ex = read_examples(train_path, skipped=skipped)
+    valid_ex = read_examples(valid_path, skipped=skipped)
+    if skipped:
+        first = "\n".join(f"  {reason}" for reason in skipped[:5])
+        log(f"data: skipped {len(skipped)} malformed line(s) (data.on_bad_line=skip); "
+            f"the first {min(5, len(skipped))}:\n{first}")  # fmt: skip
+    return train_ex, valid_ex, len(skipped or ())
 
 
 def _encode_train(cfg: Config, toks: TokenizerPair, train_ex: list[Example], log: Any) -> PairSet:
     d = cfg.data
-    data = encode_pairs(train_ex, toks, d.max_src_len, d.max_tgt_len)
+    data = encode_pairs(train_ex, toks, d.max_src_len, d.max_tgt_len, too_long=d.too_long)
+    limits = f"data.max_src_len={d.max_src_len} / data.max_tgt_len={d.max_tgt_len}"
     if data.truncated:
-        log(f"note: {data.truncated} training pairs were truncated to data.max_src_len / data.max_tgt_len")
+        log(f"data: {data.truncated} training pairs were truncated to {limits} (data.too_long=truncate)")
+    if data.dropped:
+        log(f"data: {data.dropped} training pairs longer than {limits} were dropped (data.too_long=drop)")
+    if not len(data):
+        raise DataError(f"all {data.dropped} training pairs are longer than {limits}; raise the limits "
+                        "or set data.too_long=truncate")  # fmt: skip
     return data
+
+
+def _data_report(n_skipped: int, data: PairSet) -> dict[str, int]:
+    return {"skipped_lines": n_skipped, "truncated": data.truncated, "dropped": data.dropped}
 
 
 def finetune(
@@ -245,12 +309,11 @@ def finetune(
     "does pretraining help?" ablation.
     """
     init, out = Path(init_dir), Path(out_dir)
-    train_ex = read_examples(train_path)
-    valid_ex = read_examples(valid_path)
-    if resume:
-        cfg = _resumed(cfg, out)
-        toks = TokenizerPair.load(out)
-    else:
+    world = setup()
+    log = _quiet_unless_main(world, log)
+    cfg = _resumed(cfg, out) if resume else cfg  # first: the saved data settings say how to read the data
+    train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
+    if not resume and world.is_main:
         if not (init / CONFIG_FILE).is_file():
             raise BigseqError(
                 f"{init}: not a run directory (no {CONFIG_FILE}); pass a pretrained run to --init"
@@ -266,12 +329,17 @@ def finetune(
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
+    cfg = _join(world, out, cfg, resume)
+    toks = TokenizerPair.load(out)
     data = _encode_train(cfg, toks, train_ex, log)
     # On resume the weights come from the train state; otherwise from the init run (unless from scratch).
     model = finetune_model(cfg, None if resume or from_scratch else init, log)
     start = "random initialisation" if from_scratch else f"weights of {init}"
     what = f"from {start}; {len(data):,} training pairs, {len(valid_ex):,} valid examples"
-    return _fit(cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what)
+    report = _data_report(n_skipped, data)
+    return _fit(
+        cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what, report
+    )
 
 
 def finetune_model(cfg: Config, init_dir: str | Path | None, log: Any = print) -> torch.nn.Module:
@@ -308,11 +376,12 @@ def pretrain(
     sentinel and mask tokens; the corpus is tokenized once into shards (``shards_dir``, default
     ``OUT/shards``), reused while the text and the tokenizer are unchanged."""
     out = Path(out_dir)
+    world = setup()
+    log = _quiet_unless_main(world, log)
     files = resolve_inputs(texts)
     if resume:
         cfg = _resumed(cfg, out)
-        toks = TokenizerPair.load(out)
-    else:
+    elif world.is_main:
         _new_run_dir(out)
         d = cfg.data
         t0 = time.perf_counter()
@@ -323,7 +392,6 @@ def pretrain(
                 iter_texts(files), d.src_tokenizer, d.vocab_size, extra_special_tokens=PRETRAIN_SPECIAL_TOKENS
             )
         log(f"tokenizer: {tok.mode}, {tok.vocab_size:,} types ({time.perf_counter() - t0:.1f}s)")
-        toks = TokenizerPair(tok, tok, shared=True)
         d.src_tokenizer = d.tgt_tokenizer = tok.mode
         d.shared_vocab = cfg.model.shared_vocab = True
         cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = tok.vocab_size
@@ -334,11 +402,19 @@ def pretrain(
                 f"pretrain.window_tokens ({cfg.pretrain.window_tokens}) + BOS/EOS exceeds "
                 f"model.max_positions ({cfg.model.max_positions})"
             )
-        toks.save(out)
+        TokenizerPair(tok, tok, shared=True).save(out)
         cfg.save(out / CONFIG_FILE)
+    cfg = _join(world, out, cfg, resume)
+    toks = TokenizerPair.load(out)
     p = cfg.pretrain
     t0 = time.perf_counter()
-    shards = build_shards(files, toks.src, shards_dir or out / "shards", shard_tokens=p.shard_tokens)
+    shard_dir = Path(shards_dir or out / "shards")
+    # Rank 0 tokenizes (or reuses) the corpus; the others open what it built.
+    if world.is_main:
+        shards = build_shards(files, toks.src, shard_dir, shard_tokens=p.shard_tokens)
+    world.barrier()
+    if not world.is_main:
+        shards = ShardSet(shard_dir, reused=True)
     log(f"corpus: {len(files)} file(s), {shards.n_tokens:,} tokens in {shards.n_shards} shard(s) "
         f"({'reused' if shards.reused else 'built'} in {time.perf_counter() - t0:.1f}s: {shards.root})")  # fmt: skip
     objective = Objective.for_tokenizer(

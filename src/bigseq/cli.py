@@ -18,6 +18,7 @@ examples:
   bigseq train --train train.jsonl --valid valid.jsonl --out runs/demo --preset small --max-minutes 10
   echo "hello" | bigseq generate runs/demo --beam 5
   bigseq evaluate runs/demo --data test.jsonl
+  bigseq plot runs/demo                       # learning curves -> runs/demo/curves.png
 
   bigseq pretrain --text 'corpus/*.txt' --out runs/lm --objective span --max-minutes 30
   bigseq finetune --init runs/lm --train genre_train.jsonl --valid genre_valid.jsonl --out runs/genre
@@ -54,6 +55,12 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--length-penalty", type=float, help="rank finished beams by score / length**alpha")
     g.add_argument("--batch-size", type=int, help="sentences decoded together")
     g.add_argument("--weights", type=Path, help="another weights file of the run (e.g. a snapshot)")
+    g.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: linear and GRU layers in int8 for faster CPU inference (outputs may differ "
+                   "slightly from the float model's)")  # fmt: skip
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (needs a C++ compiler; tens of seconds up front, pays off "
+                   "on large inputs only; not with --quantize int8)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     e.add_argument("--data", required=True, type=Path, help="test data (.jsonl or .tsv)")
     _add_search_flags(e)
+
+    pl = sub.add_parser("plot", help="draw a run's learning curves (metrics.jsonl) into a PNG")
+    pl.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    pl.add_argument(
+        "--out", type=Path, metavar="FILE.png", help="where the PNG goes (default: RUN_DIR/curves.png)"
+    )
     return parser
 
 
@@ -180,7 +193,7 @@ def _generate(args: argparse.Namespace) -> None:
     from bigseq import api
     from bigseq.data.readers import read_lines
 
-    run = api.load(args.run_dir, args.weights)
+    run = api.load(args.run_dir, args.weights, quantize=args.quantize, compile=args.compile)
     lines = read_lines(sys.stdin)
     results = run.generate_n_best(lines, seed=args.seed, **_search_overrides(args))
     for hyps in results:
@@ -190,16 +203,22 @@ def _generate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from bigseq import api
 
-    run = api.load(args.run_dir, args.weights)
+    run = api.load(args.run_dir, args.weights, quantize=args.quantize, compile=args.compile)
     result = run.evaluate(args.data, **_search_overrides(args))
     print(json.dumps(result))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from bigseq.plot import plot_run
+
+    print(plot_run(args.run_dir, args.out))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         verbs = {"train": _train, "pretrain": _pretrain, "finetune": _finetune, "generate": _generate,
-                 "evaluate": _evaluate}  # fmt: skip
+                 "evaluate": _evaluate, "plot": _plot}  # fmt: skip
         verbs[args.verb](args)
     except BigseqError as e:
         print(f"bigseq {args.verb}: error: {e}", file=sys.stderr)

@@ -68,8 +68,16 @@ class DataConfig:
     tgt_tokenizer: str = "bpe"
     vocab_size: int = 8000  # bpe / unigram only
     shared_vocab: bool = True  # one tokenizer for source and target (needs the same mode)
-    max_src_len: int = 256  # longer examples are truncated (tokens, before BOS/EOS)
+    max_src_len: int = 256  # tokens, before BOS/EOS; longer training pairs follow data.too_long
     max_tgt_len: int = 256
+    # A malformed line in the train / valid files (bad JSON, a missing or invalid field, invalid UTF-8, an
+    # empty source or target): "error" stops with file:line and the reason; "skip" leaves the line out and
+    # reports how many were skipped (scraped data is rarely clean, and one bad line should not cost a run).
+    on_bad_line: str = "error"  # error | skip
+    # A training pair longer than max_src_len / max_tgt_len: "truncate" cuts it to the limits, "drop" leaves
+    # it out (a cut target teaches the model to stop early). Validation pairs are always truncated, so that
+    # every valid example is scored.
+    too_long: str = "truncate"  # truncate | drop
     # The closed label set of a classification task (targets are label texts). Filled in from the training
     # data when its targets form a small closed set; then `evaluate` reports accuracy / macro-F1 and search
     # can be constrained to these labels (search.constrain).
@@ -78,6 +86,8 @@ class DataConfig:
     def validate(self) -> None:
         _choice("data.src_tokenizer", self.src_tokenizer, TOKENIZER_MODES)
         _choice("data.tgt_tokenizer", self.tgt_tokenizer, TOKENIZER_MODES)
+        _choice("data.on_bad_line", self.on_bad_line, ("error", "skip"))
+        _choice("data.too_long", self.too_long, ("truncate", "drop"))
         if self.shared_vocab and self.src_tokenizer != self.tgt_tokenizer:
             raise ConfigError(
                 "data.shared_vocab=true needs data.src_tokenizer == data.tgt_tokenizer "
@@ -114,11 +124,17 @@ class TrainConfig:
     seed: int = 1
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20
+    tensorboard: bool = True  # also write TensorBoard event files to RUN_DIR/tensorboard/
     # Fine-tuning (bigseq finetune): which parts stay fixed, and LoRA adapters.
     freeze: list[str] = field(default_factory=list)  # any of: embeddings, encoder, decoder
     lora_rank: int = 0  # > 0: train rank-r adapters on every linear layer but the output head, base frozen
     lora_alpha: float = 16.0  # adapter scale alpha / rank (as in the LoRA paper)
     init: str | None = None  # the run whose weights this one started from (set by bigseq finetune)
+    precision: str = "auto"  # auto (bf16 autocast on CUDA devices with bf16, else fp32) | fp32 | bf16
+    activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
+    # torch.compile the training forward (Transformer only; needs a C++ compiler). Tens of seconds of
+    # compilation up front (logged), so it suits long runs; see bigseq.speed.
+    compile: bool = False
 
     def validate(self) -> None:
         _choice("train.schedule", self.schedule, SCHEDULES)
@@ -135,6 +151,7 @@ class TrainConfig:
             raise ConfigError(f"train.adam_betas must have two values, got {self.adam_betas}")
         for part in self.freeze:
             _choice("train.freeze[]", part, FREEZABLE)
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
         if self.lora_rank < 0:
             raise ConfigError(f"train.lora_rank must be >= 0, got {self.lora_rank}")
         if self.lora_alpha <= 0:
@@ -218,6 +235,11 @@ class Config:
         self.train.validate()
         self.search.validate()
         self.pretrain.validate()
+        if self.train.compile and self.model.arch != "transformer":
+            raise ConfigError(
+                f"train.compile supports model.arch=transformer only (got {self.model.arch!r}): torch.compile "
+                "does not trace nn.GRU, so it would compile around the recurrence and gain nothing"
+            )
         for m in self.metrics:
             _choice("metrics[]", m, METRICS)
         # accuracy / macro_f1 join the metrics by themselves once the training targets form a label set.

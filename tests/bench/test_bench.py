@@ -19,7 +19,14 @@ pytest.importorskip(
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "bench.py"
-REQUIRED = ("train_speedup", "greedy_speedup", "beam5_speedup", "peak_mem_ratio")
+REQUIRED = (
+    "train_speedup",
+    "greedy_speedup",
+    "beam5_speedup",
+    "greedy_speedup_int8",
+    "beam5_speedup_int8",
+    "peak_mem_ratio",
+)
 
 
 def _load_bench():
@@ -46,7 +53,7 @@ def test_tiny_preset_end_to_end(tmp_path):
     for key in ("date", "command", "torch_version", "transformers_version", "cpu"):
         assert isinstance(data[key], str) and data[key], key
     assert data["threads"] == 1
-    for section in ("train", "greedy", "beam"):
+    for section in ("train", "greedy", "beam", "greedy_int8", "beam_int8"):
         for row in data[section].values():
             assert (
                 _positive_finite(row["ours"])

@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 
-from bigseq.data.batching import PairSet, collate, make_batches
-from bigseq.tokenizer import BOS, EOS, PAD
+from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches
+from bigseq.data.readers import Example
+from bigseq.tokenizer import BOS, EOS, PAD, build_tokenizers
 
 
 def _lengths(n=500, seed=0):
@@ -49,3 +50,20 @@ def test_collate_shifts_targets_and_masks_padding():
     assert b.tgt_out.tolist() == [[9, 10, EOS], [11, EOS, PAD]]
     assert b.n_target_tokens == 5 and b.n_tokens == 9
     assert b.src.dtype == torch.long
+
+
+def test_too_long_pairs_truncated_or_dropped_and_counted():
+    # the second reference of "abc" is too long on the target side only; "abcdefg" on the source side
+    examples = [
+        Example("ab", ("xy",), 1),
+        Example("abc", ("xyz", "xyzxyzx"), 2),
+        Example("abcdefg", ("x",), 3),
+    ]
+    toks = build_tokenizers(["abcdefg"], ["xyz"], "char", "char", 100, shared=True)
+    cut = encode_pairs(examples, toks, max_src_len=4, max_tgt_len=5)
+    assert (len(cut), cut.truncated, cut.dropped) == (4, 2, 0)
+    assert max(map(len, cut.src)) == 4 and max(map(len, cut.tgt)) == 5 + 2  # + BOS / EOS
+    kept = encode_pairs(examples, toks, max_src_len=4, max_tgt_len=5, too_long="drop")
+    assert (len(kept), kept.truncated, kept.dropped) == (2, 0, 2)
+    assert [toks.src.decode(s) for s in kept.src] == ["ab", "abc"]
+    assert [toks.tgt.decode(t[1:-1]) for t in kept.tgt] == ["xy", "xyz"]

@@ -143,3 +143,59 @@ def test_unsupported_suffix_names_supported_ones(tmp_path):
 def test_read_lines_strips_only_the_newline():
     stream = io.StringIO("  a b  \n\n机器\r\nlast")
     assert read_lines(stream) == ["  a b  ", "", "机器", "last"]
+
+
+# --- data.on_bad_line=skip -----------------------------------------------------------------------
+
+
+def _dirty_jsonl(tmp_path: Path) -> Path:
+    good = jsonl({"source": "a", "target": "A"}, {"source": "b", "target": ["B", "BB"]})
+    bad_json, bad_utf8 = b'{"source": "c", "target": \n', b'{"source": "\xff", "target": "x"}\n'
+    content = (
+        good.encode() + bad_json + good.encode() + bad_utf8 + jsonl({"source": "d", "target": "D"}).encode()
+    )
+    return write(tmp_path, "dirty.jsonl", content)
+
+
+def test_bad_lines_refused_by_default_at_the_first(tmp_path):
+    assert_error(_dirty_jsonl(tmp_path), 3, "malformed JSON")
+
+
+def test_skip_leaves_bad_lines_out_and_says_where_and_why(tmp_path):
+    path = _dirty_jsonl(tmp_path)
+    skipped: list[str] = []
+    examples = read_examples(path, skipped=skipped)
+    assert [(e.source, e.line) for e in examples] == [("a", 1), ("b", 2), ("a", 4), ("b", 5), ("d", 7)]
+    assert len(skipped) == 2
+    assert skipped[0].startswith(f"{path}:3: malformed JSON")
+    assert skipped[1].startswith(f"{path}:6: invalid UTF-8")
+
+
+def test_skip_in_tsv_and_empty_fields(tmp_path):
+    path = write(tmp_path, "d.tsv", "a\tA\nno tab\n  \tB\nc\t  \na\tA2\n")
+    assert_error(path, 2, "found 1")
+    skipped: list[str] = []
+    assert read_examples(path, skipped=skipped) == [Example("a", ("A", "A2"), 1)]
+    assert [m.split(": ", 1)[1] for m in skipped] == [
+        "expected 2 tab-separated fields (source<TAB>target), found 1",
+        "empty source",
+        "empty target",
+    ]
+    assert [m.split(": ", 1)[0] for m in skipped] == [f"{path}:2", f"{path}:3", f"{path}:4"]
+
+
+def test_empty_target_is_a_bad_line(tmp_path):
+    path = write(
+        tmp_path, "d.jsonl", jsonl({"source": "a", "target": "A"}, {"source": "b", "target": ["B", " "]})
+    )
+    assert_error(path, 2, "empty target")
+
+
+def test_all_lines_bad_is_still_an_error(tmp_path):
+    path = write(tmp_path, "d.jsonl", "{\n[1]\n")
+    skipped = ["earlier.jsonl:1: from another file"]
+    with pytest.raises(
+        DataError, match=r"no valid examples; all 2 non-blank lines are malformed .*d\.jsonl:1:"
+    ):
+        read_examples(path, skipped=skipped)
+    assert_error(write(tmp_path, "e.jsonl", "\n"), None, "no examples found", skipped=[])

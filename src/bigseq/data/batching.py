@@ -24,7 +24,8 @@ class PairSet:
 
     src: list[list[int]]
     tgt: list[list[int]]
-    truncated: int = 0  # examples cut to the length limits
+    truncated: int = 0  # pairs cut to the length limits (data.too_long=truncate)
+    dropped: int = 0  # pairs left out for exceeding them (data.too_long=drop)
 
     def __len__(self) -> int:
         return len(self.src)
@@ -45,9 +46,12 @@ def encode_pairs(
     max_src_len: int,
     max_tgt_len: int,
     all_references: bool = True,
+    too_long: str = "truncate",
 ) -> PairSet:
     """Tokenize examples; with ``all_references`` each reference becomes its own training pair,
-    otherwise only the first is used (e.g. for validation loss)."""
+    otherwise only the first is used (e.g. for validation loss). A pair over ``max_src_len`` source or
+    ``max_tgt_len`` target tokens is cut to them (``too_long="truncate"``) or left out (``"drop"``);
+    either way it is counted, so that the caller can say how much of the data was touched."""
     sources, targets = [], []
     for ex in examples:
         refs = ex.targets if all_references else ex.targets[:1]
@@ -56,13 +60,16 @@ def encode_pairs(
             targets.append(ref)
     src_ids = toks.src.encode_batch(sources)
     tgt_ids = toks.tgt.encode_batch(targets)
-    truncated = sum(
-        len(s) > max_src_len or len(t) > max_tgt_len for s, t in zip(src_ids, tgt_ids, strict=True)
-    )
+    pairs = list(zip(src_ids, tgt_ids, strict=True))
+    fits = [len(s) <= max_src_len and len(t) <= max_tgt_len for s, t in pairs]
+    n_long = fits.count(False)
+    if too_long == "drop":
+        pairs = [pair for pair, ok in zip(pairs, fits, strict=True) if ok]
     return PairSet(
-        src=[s[:max_src_len] for s in src_ids],
-        tgt=[[BOS, *t[:max_tgt_len], EOS] for t in tgt_ids],
-        truncated=truncated,
+        src=[s[:max_src_len] for s, _ in pairs],
+        tgt=[[BOS, *t[:max_tgt_len], EOS] for _, t in pairs],
+        truncated=n_long if too_long == "truncate" else 0,
+        dropped=n_long if too_long == "drop" else 0,
     )
 
 

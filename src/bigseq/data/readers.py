@@ -7,19 +7,23 @@ Formats (see DESIGN.md, "The CLI contract"):
 - ``.tsv``: ``source<TAB>target``; a source repeated on several lines has several references, grouped
   into one :class:`Example` at its first line.
 
-Blank (whitespace-only) lines are skipped everywhere.
+Blank (whitespace-only) lines are skipped everywhere. A malformed line stops the read with file:line and
+the reason, or, when the caller passes a ``skipped`` list, is left out and recorded there (scraped data is
+rarely clean; the caller reports the count and the first reasons).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bigseq.errors import DataError
 
 SUPPORTED_SUFFIXES = (".jsonl", ".tsv")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -31,24 +35,34 @@ class Example:
     line: int
 
 
-def read_examples(path: str | Path, require_target: bool = True) -> list[Example]:
+def read_examples(
+    path: str | Path, require_target: bool = True, skipped: list[str] | None = None
+) -> list[Example]:
     """Read a ``.jsonl`` or ``.tsv`` file into examples, in file order.
 
     With ``require_target=False`` (inputs to generate), lines may omit the target; such examples have
-    ``targets == ()``. Raises :class:`DataError` on the first malformed line.
+    ``targets == ()``. Raises :class:`DataError` on the first malformed line, unless ``skipped`` is a list:
+    then malformed lines are left out and their ``"file:line: reason"`` messages appended to it. A file
+    without any valid example is an error either way.
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    n_skipped_before = len(skipped) if skipped is not None else 0
     if suffix == ".jsonl":
-        examples = list(_read_jsonl(path, require_target))
+        examples = _read_jsonl(path, require_target, skipped)
     elif suffix == ".tsv":
-        examples = _read_tsv(path, require_target)
+        examples = _read_tsv(path, require_target, skipped)
     else:
         raise DataError(
             f"{path}: unsupported file type {suffix or '(no suffix)'!r}; "
             f"expected one of {', '.join(SUPPORTED_SUFFIXES)}"
         )
     if not examples:
+        bad = skipped[n_skipped_before:] if skipped is not None else []
+        if bad:
+            raise DataError(
+                f"{path}: no valid examples; all {len(bad)} non-blank lines are malformed (first: {bad[0]})"
+            )
         raise DataError(f"{path}: no examples found (empty file)")
     return examples
 
@@ -58,11 +72,14 @@ def read_lines(stream: Iterable[str]) -> list[str]:
     return [line.removesuffix("\n").removesuffix("\r") for line in stream]
 
 
-def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield (1-based line number, text without line ending) for non-blank lines.
+def _parsed_lines(
+    path: Path, parse: Callable[[str, str], _T], skipped: list[str] | None
+) -> Iterator[tuple[int, _T]]:
+    """Yield (1-based line number, ``parse(text, "file:line")``) for the non-blank lines of ``path``.
 
-    The file is read in binary and decoded line by line so that invalid UTF-8 is reported at its line,
-    and so that a large file is never held in memory as one string.
+    The file is read in binary and decoded line by line so that invalid UTF-8 is reported at its line
+    (and skipped like any other malformed line), and so that a large file is never held in memory as one
+    string. A :class:`DataError` from decoding or ``parse`` stops the read, or is appended to ``skipped``.
     """
     try:
         f = path.open("rb")
@@ -74,19 +91,31 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: cannot open ({e.strerror})") from None
     with f:
         for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
             try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                bad = raw[e.start : e.start + 1].hex()
-                raise DataError(
-                    f"{path}:{lineno}: invalid UTF-8 (byte 0x{bad} at byte {e.start + 1})"
-                ) from None
-            if lineno == 1:
-                # Editors on Windows often write a byte-order mark; it is not part of the first source.
-                text = text.removeprefix("\ufeff")
-            text = text.removesuffix("\n").removesuffix("\r")
-            if text.strip():
-                yield lineno, text
+                text = _decode(raw, where, first=lineno == 1)
+                if not text.strip():
+                    continue
+                item = parse(text, where)
+            except DataError as e:
+                if skipped is None:
+                    raise
+                skipped.append(str(e))
+                continue
+            yield lineno, item
+
+
+def _decode(raw: bytes, where: str, first: bool) -> str:
+    """One line of bytes as text without its line ending."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = raw[e.start : e.start + 1].hex()
+        raise DataError(f"{where}: invalid UTF-8 (byte 0x{bad} at byte {e.start + 1})") from None
+    if first:
+        # Editors on Windows often write a byte-order mark; it is not part of the first source.
+        text = text.removeprefix("\ufeff")
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def json_object(text: str, where: str, expected: str) -> dict:
@@ -110,9 +139,8 @@ def str_field(obj: dict, name: str, where: str) -> str:
     return value
 
 
-def _read_jsonl(path: Path, require_target: bool) -> Iterator[Example]:
-    for lineno, text in _numbered_lines(path):
-        where = f"{path}:{lineno}"
+def _read_jsonl(path: Path, require_target: bool, skipped: list[str] | None) -> list[Example]:
+    def parse(text: str, where: str) -> tuple[str, tuple[str, ...]]:
         obj = json_object(text, where, "'source' and 'target'")
         source = str_field(obj, "source", where).strip()
         if not source:
@@ -120,29 +148,37 @@ def _read_jsonl(path: Path, require_target: bool) -> Iterator[Example]:
         if "target" not in obj:
             if require_target:
                 raise DataError(f"{where}: missing field 'target'")
-            yield Example(source, (), lineno)
-            continue
-        yield Example(source, _jsonl_targets(obj["target"], where), lineno)
+            return source, ()
+        return source, _jsonl_targets(obj["target"], where)
+
+    return [
+        Example(source, targets, lineno) for lineno, (source, targets) in _parsed_lines(path, parse, skipped)
+    ]
 
 
 def _jsonl_targets(target: object, where: str) -> tuple[str, ...]:
     if isinstance(target, str):
-        return (target.strip(),)
+        return (_reference(target, where),)
     if isinstance(target, list):
         if not target:
             raise DataError(f"{where}: field 'target' is an empty list; give at least one reference")
         for i, ref in enumerate(target):
             if not isinstance(ref, str):
                 raise DataError(f"{where}: field 'target'[{i}] must be a string, got {_kind(ref)}")
-        return tuple(ref.strip() for ref in target)
+        return tuple(_reference(ref, where) for ref in target)
     raise DataError(f"{where}: field 'target' must be a string or a list of strings, got {_kind(target)}")
 
 
-def _read_tsv(path: Path, require_target: bool) -> list[Example]:
-    # source -> (first line, references in first-occurrence order); dicts keep insertion order.
-    grouped: dict[str, tuple[int, dict[str, None]]] = {}
-    for lineno, text in _numbered_lines(path):
-        where = f"{path}:{lineno}"
+def _reference(text: str, where: str) -> str:
+    """A target without its outer whitespace; an empty one teaches nothing and scores nothing."""
+    ref = text.strip()
+    if not ref:
+        raise DataError(f"{where}: empty target")
+    return ref
+
+
+def _read_tsv(path: Path, require_target: bool, skipped: list[str] | None) -> list[Example]:
+    def parse(text: str, where: str) -> tuple[str, str | None]:
         fields = text.split("\t")
         if len(fields) > 2 or (require_target and len(fields) != 2):
             raise DataError(
@@ -151,9 +187,14 @@ def _read_tsv(path: Path, require_target: bool) -> list[Example]:
         source = fields[0].strip()
         if not source:
             raise DataError(f"{where}: empty source")
+        return source, _reference(fields[1], where) if len(fields) == 2 else None
+
+    # source -> (first line, references in first-occurrence order); dicts keep insertion order.
+    grouped: dict[str, tuple[int, dict[str, None]]] = {}
+    for lineno, (source, target) in _parsed_lines(path, parse, skipped):
         _, refs = grouped.setdefault(source, (lineno, {}))
-        if len(fields) == 2:
-            refs.setdefault(fields[1].strip(), None)
+        if target is not None:
+            refs.setdefault(target, None)
     return [Example(source, tuple(refs), first) for source, (first, refs) in grouped.items()]
 
 

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from bigseq.config import ModelConfig
 from bigseq.models.base import Batched, Memory, causal_mask
@@ -112,7 +113,9 @@ class DecoderLayer(nn.Module):
         q, k, v = a.qkv(self.ln1(x)).chunk(3, dim=-1)
         q, k, v = a.split(q), a.split(k), a.split(v)
         if cache is None:
-            h = a.attend(q, k, v, None, causal=x.shape[1] > 1)
+            # Always causal (a lone query sees itself either way): a shape test here would be symbolic under
+            # torch.compile with dynamic shapes, which SDPA's is_causal rejects (graph break, eager fallback).
+            h = a.attend(q, k, v, None, causal=True)
         else:
             start, t = cache.length, x.shape[1]
             cache.self_k[layer][:, :, start : start + t] = k
@@ -134,6 +137,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.config = cfg
+        self.grad_checkpointing = False  # set by the training loop from train.activation_checkpointing
         d = cfg.d_model
         self.scale = math.sqrt(d)
         self.src_embed = nn.Embedding(cfg.src_vocab_size, d, padding_idx=0)
@@ -177,8 +181,15 @@ class Transformer(nn.Module):
         x = self._embed(self.src_embed, src, 0)
         mask = src_mask[:, None, None, :]
         for layer in self.encoder:
-            x = layer(x, mask)
+            x = self._run(layer, x, mask)
         return Memory(self.enc_ln(x), src_mask)
+
+    def _run(self, layer: nn.Module, *args: object) -> Tensor:
+        """One layer; with ``grad_checkpointing`` while training, its activations are recomputed in the
+        backward pass instead of kept (memory for time; the RNG is replayed, so dropout masks match)."""
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     def new_cache(self, memory: Memory, capacity: int = 32) -> TransformerCache:
         b = memory.states.shape[0]
@@ -218,7 +229,7 @@ class Transformer(nn.Module):
         x = self._embed(self.tgt_embed, tgt_in, 0)
         mem_mask = src_mask[:, None, None, :]
         for layer in self.decoder:
-            x = layer(x, mem_mask, layer.cross_attn.project_kv(memory.states), None, 0)
+            x = self._run(layer, x, mem_mask, layer.cross_attn.project_kv(memory.states), None, 0)
         return self.lm_head(self.dec_ln(x))
 
 

@@ -3,10 +3,12 @@
 Read it top to bottom: set up optimizer and schedule (or restore them), then loop over length-bucketed
 batches; every ``eval_every`` steps validate, log one JSON line, keep the best weights, save the train state.
 Stops at ``max_steps``, ``max_minutes`` or when ``patience`` evaluations bring no improvement.
+With ``train.tensorboard`` the same figures also go to TensorBoard event files in ``RUN_DIR/tensorboard/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -24,8 +26,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bigseq.config import Config, TrainConfig
-from bigseq.data.batching import PairSet, collate, make_batches
-from bigseq.errors import BigseqError
+from bigseq.data.batching import Batch, PairSet, collate, make_batches
+from bigseq.errors import BigseqError, ConfigError
+from bigseq.speed import compile_for_training
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
     STATE_DIR,
@@ -35,8 +38,10 @@ from bigseq.train.checkpoint import (
     save_state,
     save_weights,
 )
+from bigseq.train.distributed import setup, wrap
 
 LOWER_IS_BETTER = {"loss", "wer", "per", "perplexity"}
+TENSORBOARD_DIR = "tensorboard"
 
 
 class TrainingError(BigseqError):
@@ -116,6 +121,20 @@ class Progress:
     bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
 
 
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the forward pass where it pays: ``auto`` picks it on CUDA devices that support
+    bf16 and keeps fp32 elsewhere (on CPUs without bf16 matrix units it is slower, not faster); ``bf16``
+    forces it on any device, ``fp32`` never. The loss is always computed in fp32."""
+    if precision == "fp32" or (precision == "auto" and not _cuda_bf16()):
+        return contextlib.nullcontext()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16)
+
+
+def _cuda_bf16() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 class _StopSignals:
     """SIGTERM / Ctrl-C ask the loop to save and stop after the current step; a second Ctrl-C aborts."""
 
@@ -139,6 +158,23 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
+def _tensorboard(
+    tc: TrainConfig, out: Path, resumed_step: int | None, is_main: bool
+) -> contextlib.AbstractContextManager:
+    """A SummaryWriter on ``out/tensorboard`` (or a no-op context yielding None when off, or on a process
+    that does not write the run's files).
+
+    On resume, events from steps after ``resumed_step`` (logged before a crash or kill, after the last
+    checkpoint) are purged, so that the resumed run does not draw a second curve over them."""
+    if not (tc.tensorboard and is_main):
+        return contextlib.nullcontext()
+    # Imported here: it costs about a second, which verbs that never train should not pay.
+    from torch.utils.tensorboard import SummaryWriter
+
+    purge_step = None if resumed_step is None else resumed_step + 1
+    return SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=purge_step)
+
+
 def fit(
     cfg: Config,
     model: torch.nn.Module,
@@ -155,9 +191,15 @@ def fit(
 
     ``export(model)`` gives the plain model whose weights are published (best and snapshots), e.g. LoRA
     adapters merged into their base weights; the train state keeps ``model`` itself so a resume continues
-    exactly."""
+    exactly.
+
+    Each ``metrics.jsonl`` record also holds ``train_loss``, the mean training loss since the previous
+    evaluation (after a resume: since the resume)."""
     export = export or (lambda m: m)
     tc, out = cfg.train, Path(out_dir)
+    # Under torchrun every rank trains; only rank 0 writes the run directory and validates.
+    world = setup()
+    is_main = world.is_main
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -171,6 +213,14 @@ def fit(
         opt.load_state_dict(st["optimizer"])
         torch.set_rng_state(st["rng"])
         pr = Progress(**st["progress"])
+    if hasattr(model, "grad_checkpointing"):
+        model.grad_checkpointing = tc.activation_checkpointing
+    elif tc.activation_checkpointing:
+        raise ConfigError(f"train.activation_checkpointing is not supported by the {cfg.model.arch} model")
+    net = wrap(model, world)  # what the steps run: the model itself, or its DDP wrapper
+    if tc.compile:
+        net = compile_for_training(net)  # compiled lazily, at the first step (timed and logged there)
+    amp = _autocast(tc.precision)
     data = train_data.epoch(pr.epoch)
 
     def epoch_batches(epoch: int) -> list[np.ndarray]:
@@ -179,6 +229,8 @@ def fit(
 
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
+        if not is_main:
+            return
         save_weights(model, out / STATE_DIR / "last.safetensors")
         state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "progress": asdict(pr)}
         save_state(state, out / STATE_DIR / "state.pt")
@@ -188,8 +240,8 @@ def fit(
     snapshots = sorted(tc.snapshot_minutes)
     max_norm = tc.clip_norm if tc.clip_norm > 0 else math.inf
     t0 = time.perf_counter() - pr.elapsed
-    bar = tqdm(total=tc.max_steps, initial=pr.step, disable=not progress, unit="step", dynamic_ncols=True,
-               mininterval=0.5)  # fmt: skip
+    bar = tqdm(total=tc.max_steps, initial=pr.step, disable=not (progress and is_main), unit="step",
+               dynamic_ncols=True, mininterval=0.5)  # fmt: skip
     model.train()
     stopped_by, window_loss, window_steps, window_tokens, window_t = (
         "max_steps",
@@ -198,47 +250,71 @@ def fit(
         0,
         time.perf_counter(),
     )
+    interval_loss, interval_steps = 0.0, 0  # for the train_loss of the next metrics record
+    compile_pending = tc.compile
     metrics_path = out / "metrics.jsonl"
 
-    with _StopSignals() as signals:
+    with _StopSignals() as signals, _tensorboard(tc, out, pr.step if resume else None, is_main) as tb:
         while pr.step < tc.max_steps:
             # --- one optimizer step over grad_accum micro-batches ---
-            micro = []
+            # A round gives every rank its own batch of the epoch's list (pos + rank); a rank left without
+            # one at the end of an epoch trains on a copy of batch 0 with weight 0, so that it still joins
+            # the gradient all-reduce and no batch is dropped or seen twice.
+            micro: list[tuple[Batch, float]] = []
             for _ in range(tc.grad_accum):
                 if pr.pos >= len(batches):
                     pr.epoch, pr.pos = pr.epoch + 1, 0
                     data = train_data.epoch(pr.epoch)
                     batches = epoch_batches(pr.epoch)
-                micro.append(collate(data, batches[pr.pos]))
-                pr.pos += 1
-            n_tgt = sum(b.n_target_tokens for b in micro)
+                mine = pr.pos + world.rank
+                micro.append(
+                    (collate(data, batches[mine if mine < len(batches) else 0]), float(mine < len(batches)))
+                )
+                pr.pos += world.size
+            n_tgt = world.sum(sum(b.n_target_tokens * w for b, w in micro))
             step = pr.step + 1
             progress_frac = max(step / tc.max_steps, (time.perf_counter() - t0) / budget_s)
             for g in opt.param_groups:
                 g["lr"] = tc.lr * lr_factor(tc, step, progress_frac)
             opt.zero_grad(set_to_none=True)
             step_loss, step_tokens = 0.0, 0
-            for b in micro:
-                logits = model(b.src, b.src_mask, b.tgt_in)
+            t_step = time.perf_counter()
+            for b, weight in micro:
+                with amp:
+                    logits = net(b.src, b.src_mask, b.tgt_in)
                 loss = F.cross_entropy(
-                    logits.flatten(0, 1),
+                    logits.flatten(0, 1).float(),
                     b.tgt_out.flatten(),
                     ignore_index=PAD,
                     label_smoothing=tc.label_smoothing,
                     reduction="sum",
                 )
-                (loss / n_tgt).backward()
-                step_loss += loss.item()
-                step_tokens += b.n_tokens
+                # DDP averages gradients over ranks; scaling by world.size makes the update the gradient of
+                # the summed loss over every rank's tokens / all those tokens, as one process would compute.
+                (loss * (weight * world.size / n_tgt)).backward()
+                step_loss += loss.item() * weight
+                step_tokens += b.n_tokens * int(weight)
+            if compile_pending:
+                # The first compiled step traces forward and backward and generates their code; report that
+                # cost on its own and keep it out of the first tokens/s figure.
+                compile_pending, compile_s = False, time.perf_counter() - t_step
+                window_t += compile_s
+                if is_main:
+                    bar.write(
+                        f"torch.compile: first step took {compile_s:.1f}s (mostly compilation)",
+                        file=sys.stderr,
+                    )
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            step_loss, step_tokens = world.sum(step_loss), int(world.sum(step_tokens))
             pr.tokens += step_tokens
             if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
                 # Skip the update rather than train on NaN; give up after too many in a row.
                 pr.bad_steps += 1
-                bar.write(
-                    f"step {step}: non-finite loss or gradient, update skipped ({pr.bad_steps} in a row)",
-                    file=sys.stderr,
-                )
+                if is_main:
+                    bar.write(
+                        f"step {step}: non-finite loss or gradient, update skipped ({pr.bad_steps} in a row)",
+                        file=sys.stderr,
+                    )
                 if pr.bad_steps >= tc.max_bad_steps:
                     raise TrainingError(
                         f"stopped: {pr.bad_steps} consecutive steps had a non-finite loss or gradient "
@@ -251,40 +327,49 @@ def fit(
             window_loss += step_loss / n_tgt
             window_steps += 1
             window_tokens += step_tokens
+            interval_loss += step_loss / n_tgt
+            interval_steps += 1
 
             if step % tc.log_every == 0:
                 now = time.perf_counter()
+                mean_loss = window_loss / max(window_steps, 1)
+                tokens_per_s = window_tokens / (now - window_t)
+                lr = opt.param_groups[0]["lr"]
                 bar.set_postfix(
-                    loss=f"{window_loss / max(window_steps, 1):.3f}",
-                    tok_s=f"{window_tokens / (now - window_t):,.0f}",
-                    lr=f"{opt.param_groups[0]['lr']:.2e}",
-                    ep=pr.epoch,
+                    loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}", ep=pr.epoch
                 )
+                if tb is not None:
+                    tb.add_scalar("train/loss", mean_loss, step)
+                    tb.add_scalar("train/lr", lr, step)
+                    tb.add_scalar("train/tokens_per_s", tokens_per_s, step)
                 window_loss, window_steps, window_tokens, window_t = 0.0, 0, 0, now
             bar.update(1)
 
             elapsed_now = time.perf_counter() - t0
             while pr.snaps_done < len(snapshots) and elapsed_now >= snapshots[pr.snaps_done] * 60:
-                save_weights(
-                    export(model), out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors"
-                )
+                if is_main:
+                    save_weights(
+                        export(model), out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors"
+                    )
                 pr.snaps_done += 1
-            if signals.received:
+            # Ranks must agree on stopping, or one would wait forever in the next all-reduce.
+            received, out_of_time = world.any(signals.received is not None, elapsed_now >= budget_s)
+            if received:
                 save_checkpoint()
-                stopped_by = f"{signals.received}; checkpoint saved, continue with --resume"
+                stopped_by = f"{signals.received or 'SIGTERM'}; checkpoint saved, continue with --resume"
                 break
-            out_of_time = elapsed_now >= budget_s
             if step % tc.eval_every and step < tc.max_steps and not out_of_time:
                 continue
 
             # --- evaluate, log, keep the best, save the train state ---
-            result = validate(model)
+            result = world.share(validate(model) if is_main else None)
             model.train()
             value = result[metric]
             improved = sign * value < pr.best
             if improved:
                 pr.best, pr.best_step, pr.bad_evals = sign * value, step, 0
-                save_weights(export(model), out / WEIGHTS_FILE)
+                if is_main:
+                    save_weights(export(model), out / WEIGHTS_FILE)
             else:
                 pr.bad_evals += 1
             record = {
@@ -293,12 +378,21 @@ def fit(
                 "tokens": pr.tokens,
                 "lr": opt.param_groups[0]["lr"],
                 "elapsed_s": round(time.perf_counter() - t0, 2),
+                "train_loss": interval_loss / interval_steps,
                 **{f"valid_{k}": v for k, v in result.items()},
             }
-            with metrics_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            interval_loss, interval_steps = 0.0, 0
+            if is_main:
+                with metrics_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            if tb is not None:
+                for k, v in result.items():
+                    if k not in ("n", "n_decoded"):  # counts, not metrics
+                        tb.add_scalar(f"valid/{k}", v, step)
+                tb.flush()  # TensorBoard shows each eval as it happens, not minutes later
             shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k not in ("n", "n_decoded"))
-            bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}", file=sys.stderr)
+            if is_main:
+                bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}", file=sys.stderr)
             save_checkpoint()
             if out_of_time:
                 stopped_by = "max_minutes"
