@@ -92,3 +92,35 @@ def test_flop_formula_counts_six_macs_per_parameter_per_token():
     attention = n * 2 * d * 3  # s = t = 1: QK^T and PV for encoder self, decoder self and cross
     expected = 6 * (enc_w + dec_w + d * v + attention)
     assert bench.train_flops(p, 1, 1, 1) == expected
+
+
+def test_scaling_script_runs_end_to_end(tmp_path):
+    """bench/scaling.py on the tiny preset for a few steps: the three runs complete and agree on the loss."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "bench" / "scaling.py"
+    out = tmp_path / "scaling.json"
+    cmd = [
+        sys.executable,
+        str(script),
+        "--steps",
+        "3",
+        "--preset",
+        "tiny",
+        "--batch-tokens",
+        "800",
+        "--json",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["name"] for r in result["runs"]] == [
+        "1 proc x 1 thread",
+        "2 procs x 1 thread",
+        "1 proc x 2 threads",
+    ]
+    assert result["same_loss"] and result["ddp_scaling_efficiency"] > 0
