@@ -240,8 +240,9 @@ def fit(
     snapshots = sorted(tc.snapshot_minutes)
     max_norm = tc.clip_norm if tc.clip_norm > 0 else math.inf
     t0 = time.perf_counter() - pr.elapsed
-    bar = tqdm(total=tc.max_steps, initial=pr.step, disable=not (progress and is_main), unit="step",
-               dynamic_ncols=True, mininterval=0.5)  # fmt: skip
+    # With a time budget the step count at the end is unknown: show steps and the minutes used instead.
+    bar = tqdm(total=None if tc.max_minutes else tc.max_steps, initial=pr.step, unit="step",
+               disable=not (progress and is_main), dynamic_ncols=True, mininterval=0.5)  # fmt: skip
     model.train()
     stopped_by, window_loss, window_steps, window_tokens, window_t = (
         "max_steps",
@@ -335,9 +336,15 @@ def fit(
                 mean_loss = window_loss / max(window_steps, 1)
                 tokens_per_s = window_tokens / (now - window_t)
                 lr = opt.param_groups[0]["lr"]
-                bar.set_postfix(
-                    loss=f"{mean_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", lr=f"{lr:.2e}", ep=pr.epoch
-                )
+                postfix = {
+                    "loss": f"{mean_loss:.3f}",
+                    "tok_s": f"{tokens_per_s:,.0f}",
+                    "lr": f"{lr:.2e}",
+                    "ep": pr.epoch,
+                }
+                if tc.max_minutes:
+                    postfix["min"] = f"{(now - t0) / 60:.1f}/{tc.max_minutes:g}"
+                bar.set_postfix(postfix)
                 if tb is not None:
                     tb.add_scalar("train/loss", mean_loss, step)
                     tb.add_scalar("train/lr", lr, step)
