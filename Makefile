@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 G2P := recipes/g2p_cmudict
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo demo-g2p demo-shakespeare bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,9 @@ lint: setup
 
 # Grapheme-to-phoneme on CMUdict: prepare the split, train the GRU (the faster learner on 2 cores) for DEMO_MINUTES, convert a few
 # words, score the test set.
-demo: setup
+demo: demo-g2p
+
+demo-g2p: setup
 	$(BIN)/python $(G2P)/prepare.py --out $(G2P)/data
 	rm -rf runs/demo-g2p
 	$(BIN)/bigseq train --config $(G2P)/gru.yaml --train $(G2P)/data/train.jsonl \
@@ -40,6 +42,12 @@ demo: setup
 	@echo "--- test set (10k words, greedy): WER and PER in percent ---"
 	$(BIN)/bigseq evaluate runs/demo-g2p --data $(G2P)/data/test.jsonl
 	@echo "try: echo hello | $(BIN)/bigseq generate runs/demo-g2p --beam 5"
+
+# Shakespeare: prepare -> pretrain -> fine-tune for genre and next line -> evaluate beside the baselines
+# (recipes/shakespeare/demo.py; DEMO_SHAKESPEARE_MINUTES of training, about 1.5 minutes more for the rest).
+DEMO_SHAKESPEARE_MINUTES ?= 7
+demo-shakespeare: setup
+	$(BIN)/python recipes/shakespeare/demo.py --minutes $(DEMO_SHAKESPEARE_MINUTES)
 
 # Side-by-side speed and memory against Hugging Face transformers (a few minutes); writes bench/results.json.
 bench: setup
