@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -149,6 +150,12 @@ def _log(args: argparse.Namespace):  # noqa: ANN202
     return (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
 
 
+def _report(summary: object) -> None:
+    """The run's one-line summary, once: under torchrun only rank 0 prints it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(summary, file=sys.stderr)
+
+
 def _train(args: argparse.Namespace) -> None:
     from bigseq import api
 
@@ -156,7 +163,7 @@ def _train(args: argparse.Namespace) -> None:
         _config(args), args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet,
         log=_log(args),
     )  # fmt: skip
-    print(summary, file=sys.stderr)
+    _report(summary)
 
 
 def _pretrain(args: argparse.Namespace) -> None:
@@ -166,7 +173,7 @@ def _pretrain(args: argparse.Namespace) -> None:
         _config(args), args.text, args.out, resume=args.resume, progress=not args.quiet, log=_log(args),
         tokenizer=args.tokenizer, shards_dir=args.shards,
     )  # fmt: skip
-    print(summary, file=sys.stderr)
+    _report(summary)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -176,7 +183,7 @@ def _finetune(args: argparse.Namespace) -> None:
         _config(args), args.init, args.train, args.valid, args.out, resume=args.resume,
         progress=not args.quiet, log=_log(args), from_scratch=args.from_scratch,
     )  # fmt: skip
-    print(summary, file=sys.stderr)
+    _report(summary)
 
 
 def _search_overrides(args: argparse.Namespace) -> dict:

@@ -30,26 +30,55 @@ def records(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, reverse_task):
-    train, valid = reverse_task
-    one, two = tmp_path / "one", tmp_path / "two"
-    data = ["--train", str(train), "--valid", str(valid), "--max-steps", "12"]
-    assert main(["train", *data, "--out", str(one), *COMMON, "--set", "train.grad_accum=2"]) == 0
+def torchrun(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "bigseq.cli", "train", *data, "--out", str(two), *COMMON]  # fmt: skip
+           "-m", "bigseq.cli", *args]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = records(one), records(two)
-    assert [r["step"] for r in a] == [r["step"] for r in b] == [4, 8, 12]
+
+
+def assert_same_curve(a, b):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
     # Same batches per step, same normalisation: only the order of float additions differs.
     for ra, rb in zip(a, b, strict=True):
         assert ra["tokens"] == rb["tokens"]  # every rank's tokens counted once
         assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-4)
         assert rb["valid_loss"] == pytest.approx(ra["valid_loss"], rel=1e-4)
-    # Only rank 0 wrote: one metrics line per eval, one summary, the same file set as the 1-process run.
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    assert json.loads((two / "summary.json").read_text())["steps"] == 12
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, reverse_task):
+    train, valid = reverse_task
+    data = ["--train", str(train), "--valid", str(valid)]
+    one = tmp_path / "one"
+    assert (
+        main(["train", *data, "--out", str(one), "--max-steps", "12", *COMMON, "--set", "train.grad_accum=2"])
+        == 0
+    )
+    for strategy in ("ddp", "fsdp"):
+        two = tmp_path / strategy
+        torchrun(
+            "train",
+            *data,
+            "--out",
+            str(two),
+            "--max-steps",
+            "12",
+            *COMMON,
+            "--set",
+            f"train.distributed={strategy}",
+        )
+        assert [r["step"] for r in records(two)] == [4, 8, 12]
+        assert_same_curve(records(one), records(two))
+        # Only rank 0 wrote: the same file set as the 1-process run; full (gathered) weights for FSDP too.
+        assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+        assert json.loads((two / "summary.json").read_text())["steps"] == 12
+    # A sharded run resumes from its gathered checkpoint (weights and optimizer state) and stays on the curve.
+    args = [*COMMON, "--set", "train.grad_accum=2", "--max-steps", "16", "--resume"]
+    assert main(["train", *data, "--out", str(one), *args]) == 0
+    torchrun("train", *data, "--out", str(tmp_path / "fsdp"), *COMMON, "--max-steps", "16", "--resume",
+             "--set", "train.distributed=fsdp")  # fmt: skip
+    assert_same_curve(records(one), records(tmp_path / "fsdp"))
 
 
 def test_world_of_one_is_free():

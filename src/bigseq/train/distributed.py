@@ -16,17 +16,23 @@ How the loop uses a world of N (train/loop.py):
   batches (``grad_accum`` = N), which the 2-process test pins.
 - Only rank 0 writes checkpoints, metrics and TensorBoard events, and validates (the other ranks wait for
   its verdict); a resume restores every rank from rank 0's checkpoint.
+- ``train.distributed=fsdp`` shards parameters, gradients and optimizer state (FSDP2 ``fully_shard``); the
+  full weights are gathered (a collective) whenever they are saved or validated, so the run directory is
+  the same as with DDP or one process.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from bigseq.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -96,19 +102,81 @@ def _device() -> torch.device:
     )
 
 
-def wrap(model: nn.Module, world: World) -> nn.Module:
-    """The module the loop trains: ``model`` itself in a world of one, otherwise DDP (a full replica per
-    rank, gradients all-reduced during backward). Checkpoints hold the unwrapped ``model``.
+STRATEGIES = ("ddp", "fsdp")
 
-    FSDP (``fully_shard``) for models larger than one device is not wired yet: it needs the sharded
-    state gathered for the safetensors checkpoint and the optimizer state; until then a model must fit one
-    device."""
+
+def wrap(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
+    """The module the loop runs. A world of one: ``model`` itself. ``ddp``: a DistributedDataParallel
+    wrapper (a full replica per rank, gradients all-reduced in backward). ``fsdp``: FSDP2's ``fully_shard``
+    applied in place, each encoder / decoder layer a unit and the root the rest, so parameters, gradients
+    and optimizer state are sharded across ranks, for models that do not fit one device. With ``fsdp`` the
+    optimizer must be built after wrapping (the parameters become sharded DTensors) and weights are read
+    and written through :func:`full_model` / :func:`full_optimizer_state`."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"train.distributed must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     if not world.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
 
-    ids = [world.local_rank] if torch.cuda.is_available() else None
-    return DistributedDataParallel(model, device_ids=ids)
+        ids = [world.local_rank] if torch.cuda.is_available() else None
+        return DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.fsdp import fully_shard
+
+    # Each encoder layer is its own unit (gathered only while it runs). Decoder layers stay in the root unit:
+    # the model projects cross-attention keys / values through a decoder layer's submodule outside that
+    # layer's forward, which FSDP would not see to gather. The GRU shards as one unit.
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, nn.ModuleList):
+        for layer in encoder:
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_model(model: nn.Module, world: World, build: Callable[[], nn.Module]) -> nn.Module | None:
+    """A plain (unsharded, CPU) copy of a sharded ``model`` on rank 0, None on the other ranks; ``model``
+    itself when it is not sharded. Every rank must call it: gathering the shards is a collective.
+    ``build()`` makes an empty plain model of the same architecture."""
+    if not is_sharded(model):
+        return model
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.is_main:
+        return None
+    with torch.random.fork_rng(devices=[]):  # the throwaway init must not move the training RNG
+        plain = build()
+    plain.load_state_dict(state)
+    return plain
+
+
+def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """The optimizer state to checkpoint: ``opt.state_dict()``, or for a sharded model the full state keyed
+    by parameter name (a collective; complete on rank 0)."""
+    if not is_sharded(model):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of :func:`full_optimizer_state` (every rank passes the full state it read from disk)."""
+    if not is_sharded(model):
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 def rank_batches(n_batches: int, pos: int, world: World) -> int | None:

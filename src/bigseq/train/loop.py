@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from bigseq.config import Config, TrainConfig
 from bigseq.data.batching import Batch, PairSet, collate, make_batches
 from bigseq.errors import BigseqError, ConfigError
+from bigseq.models.base import build_model
 from bigseq.speed import compile_for_training
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
@@ -38,7 +39,13 @@ from bigseq.train.checkpoint import (
     save_state,
     save_weights,
 )
-from bigseq.train.distributed import setup, wrap
+from bigseq.train.distributed import (
+    full_model,
+    full_optimizer_state,
+    load_optimizer_state,
+    setup,
+    wrap,
+)
 
 LOWER_IS_BETTER = {"loss", "wer", "per", "perplexity"}
 TENSORBOARD_DIR = "tensorboard"
@@ -203,21 +210,31 @@ def fit(
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
-    opt = make_optimizer(model, tc)
     metric = tc.metric
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
     pr = Progress()
+    st = None
     if resume:
-        load_weights(model, out / STATE_DIR / "last.safetensors")
+        load_weights(model, out / STATE_DIR / "last.safetensors")  # before sharding: every rank loads all
         st = load_state(out / STATE_DIR / "state.pt")
-        opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["rng"])
-        pr = Progress(**st["progress"])
     if hasattr(model, "grad_checkpointing"):
         model.grad_checkpointing = tc.activation_checkpointing
     elif tc.activation_checkpointing:
         raise ConfigError(f"train.activation_checkpointing is not supported by the {cfg.model.arch} model")
-    net = wrap(model, world)  # what the steps run: the model itself, or its DDP wrapper
+    # What the steps run: the model itself, its DDP wrapper, or the model sharded in place by FSDP (whose
+    # parameters then change type, so the optimizer is built after this).
+    net = wrap(model, world, tc.distributed)
+    opt = make_optimizer(model, tc)
+    if st is not None:
+        load_optimizer_state(model, opt, st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        pr = Progress(**st["progress"])
+
+    def plain() -> torch.nn.Module | None:
+        """The full model for saving and validating (gathered from the shards under FSDP: a collective;
+        None on ranks other than 0 then)."""
+        return full_model(model, world, lambda: build_model(model.config))
+
     if tc.compile:
         net = compile_for_training(net)  # compiled lazily, at the first step (timed and logged there)
     amp = _autocast(tc.precision)
@@ -229,10 +246,11 @@ def fit(
 
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
+        full, optim_state = plain(), full_optimizer_state(model, opt)  # collectives: every rank takes part
         if not is_main:
             return
-        save_weights(model, out / STATE_DIR / "last.safetensors")
-        state = {"optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "progress": asdict(pr)}
+        save_weights(full, out / STATE_DIR / "last.safetensors")
+        state = {"optimizer": optim_state, "rng": torch.get_rng_state(), "progress": asdict(pr)}
         save_state(state, out / STATE_DIR / "state.pt")
 
     batches = epoch_batches(pr.epoch)
@@ -306,6 +324,8 @@ def fit(
                         file=sys.stderr,
                     )
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded DTensor holding the global norm
+                grad_norm = grad_norm.full_tensor()
             step_loss, step_tokens = world.sum(step_loss), int(world.sum(step_tokens))
             pr.tokens += step_tokens
             if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
@@ -353,10 +373,15 @@ def fit(
             bar.update(1)
 
             elapsed_now = time.perf_counter() - t0
-            while pr.snaps_done < len(snapshots) and elapsed_now >= snapshots[pr.snaps_done] * 60:
+            # Rank 0's clock decides (under FSDP every rank must join the gather, so they must agree).
+            (snapshot_due,) = world.any(
+                is_main and pr.snaps_done < len(snapshots) and elapsed_now >= snapshots[pr.snaps_done] * 60
+            )
+            if snapshot_due:
+                full = plain()
                 if is_main:
                     save_weights(
-                        export(model), out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors"
+                        export(full), out / "snapshots" / f"{snapshots[pr.snaps_done]:g}min.safetensors"
                     )
                 pr.snaps_done += 1
             # Ranks must agree on stopping, or one would wait forever in the next all-reduce.
@@ -369,14 +394,15 @@ def fit(
                 continue
 
             # --- evaluate, log, keep the best, save the train state ---
-            result = world.share(validate(model) if is_main else None)
+            full = plain()
+            result = world.share(validate(full) if is_main else None)
             model.train()
             value = result[metric]
             improved = sign * value < pr.best
             if improved:
                 pr.best, pr.best_step, pr.bad_evals = sign * value, step, 0
                 if is_main:
-                    save_weights(export(model), out / WEIGHTS_FILE)
+                    save_weights(export(full), out / WEIGHTS_FILE)
             else:
                 pr.bad_evals += 1
             record = {
