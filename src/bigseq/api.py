@@ -25,13 +25,13 @@ from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
 from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
 from bigseq.errors import BigseqError, ConfigError, DataError
-from bigseq.evaluation import closed_label_set, evaluate, teacher_forced_loss, translate
+from bigseq.evaluation import closed_label_set, evaluate, model_device, teacher_forced_loss, translate
 from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.search import score_targets
 from bigseq.tokenizer import UNK, Tokenizer, TokenizerPair, build_tokenizers
 from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_weights
-from bigseq.train.distributed import World, setup
+from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import EpochData, Summary, Validate, fit
 
 CONFIG_FILE = "config.yaml"
@@ -79,7 +79,7 @@ class Seq2SeqRun:
         examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(zip(sources, targets, strict=True))]
         d = self.config.data
         data = encode_pairs(examples, self.tokenizers, d.max_src_len, d.max_tgt_len, all_references=False)
-        b = collate(data, range(len(data)))
+        b = collate(data, range(len(data))).to(model_device(self.model))
         tgt = torch.cat([b.tgt_in[:, :1], b.tgt_out], dim=1)
         return score_targets(self.model, b.src, b.src_mask, tgt).tolist()
 
@@ -98,16 +98,24 @@ class Seq2SeqRun:
 
 
 def load(
-    run_dir: str | Path, weights: str | Path | None = None, quantize: str = "none", compile: bool = False
+    run_dir: str | Path,
+    weights: str | Path | None = None,
+    quantize: str = "none",
+    compile: bool = False,
+    device: str = "cpu",
 ) -> Seq2SeqRun:
     """Load a run directory (config.yaml, tokenizer.json, model.safetensors); ``weights`` picks another
     weights file (e.g. a snapshot). For faster CPU inference (see :mod:`bigseq.speed`): ``quantize="int8"``
     (linear and GRU layers in int8; outputs may differ slightly from the float model's) or ``compile=True``
-    (torch.compile; tens of seconds up front, for large decoding jobs). The two do not combine."""
+    (torch.compile; tens of seconds up front, for large decoding jobs). The two do not combine.
+    ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when available); int8 runs on the CPU only."""
     if quantize == "int8" and compile:
         raise ConfigError(
             "quantize=int8 and compile do not combine: torch.compile breaks at every int8 layer"
         )
+    target = resolve_device(device)
+    if quantize == "int8" and target.type != "cpu":
+        raise ConfigError(f"quantize=int8 runs on the CPU only; got device={device!r}")
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise BigseqError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); train one with `bigseq train`")
@@ -115,7 +123,7 @@ def load(
     toks = TokenizerPair.load(run_dir)
     model = build_model(cfg.model)
     load_weights(model, weights or run_dir / WEIGHTS_FILE)
-    model = speed.quantize(model.eval(), quantize)
+    model = speed.quantize(model.eval().to(target), quantize)
     if compile:
         speed.compile_for_inference(model)
     return Seq2SeqRun(run_dir, cfg, toks, model)

@@ -62,6 +62,8 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (needs a C++ compiler; tens of seconds up front, pays off "
                    "on large inputs only; not with --quantize int8)")  # fmt: skip
+    g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where to run the model (auto: CUDA when available); int8 is CPU-only")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,7 +202,9 @@ def _generate(args: argparse.Namespace) -> None:
     from bigseq import api
     from bigseq.data.readers import read_lines
 
-    run = api.load(args.run_dir, args.weights, quantize=args.quantize, compile=args.compile)
+    run = api.load(
+        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device
+    )
     lines = read_lines(sys.stdin)
     results = run.generate_n_best(lines, seed=args.seed, **_search_overrides(args))
     for hyps in results:
@@ -210,7 +214,9 @@ def _generate(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from bigseq import api
 
-    run = api.load(args.run_dir, args.weights, quantize=args.quantize, compile=args.compile)
+    run = api.load(
+        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device
+    )
     result = run.evaluate(args.data, **_search_overrides(args))
     print(json.dumps(result))
 

@@ -132,9 +132,9 @@ class TrainConfig:
     init: str | None = None  # the run whose weights this one started from (set by bigseq finetune)
     precision: str = "auto"  # auto (bf16 autocast on CUDA devices with bf16, else fp32) | fp32 | bf16
     activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
-    distributed: str = (
-        "ddp"  # under torchrun: ddp (a replica per rank) | fsdp (parameters sharded across ranks)
-    )
+    # Under torchrun: ddp (a full replica per rank) | fsdp (parameters sharded across ranks).
+    distributed: str = "ddp"
+    device: str = "auto"  # auto (this rank's GPU when CUDA is available, else CPU) | cpu | cuda
     # torch.compile the training forward (Transformer only; needs a C++ compiler). Tens of seconds of
     # compilation up front (logged), so it suits long runs; see bigseq.speed.
     compile: bool = False
@@ -156,6 +156,7 @@ class TrainConfig:
             _choice("train.freeze[]", part, FREEZABLE)
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
         if self.distributed == "fsdp" and self.lora_rank:
             raise ConfigError("train.lora_rank cannot be combined with train.distributed=fsdp yet; use ddp")
         if self.lora_rank < 0:

@@ -37,10 +37,11 @@ def translate(
     With ``labels`` (a closed label set) and ``search.constrain``, each label is scored and the best
     ``n_best`` are returned instead of searching, so the answer is always one of the labels.
     """
+    device = model_device(model)
     constrained = bool(labels) and search.constrain and not search.sample
     cand = None
     if constrained:
-        cand = pad([[BOS, *ids, EOS] for ids in toks.tgt.encode_batch(list(labels))])
+        cand = pad([[BOS, *ids, EOS] for ids in toks.tgt.encode_batch(list(labels))]).to(device)
     was_training = model.training
     model.eval()
     # An empty source would leave nothing to attend to; give it one unknown token instead.
@@ -52,7 +53,7 @@ def translate(
     try:
         for start in range(0, len(order), search.batch_size):
             chunk = order[start : start + search.batch_size]
-            src = pad([ids[i] for i in chunk])
+            src = pad([ids[i] for i in chunk]).to(device)
             mask = src != PAD
             if cand is not None:
                 scores = score_candidates(model, src, mask, cand)
@@ -81,6 +82,12 @@ def translate(
     return out
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's weights live: inputs are moved there."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _texts(toks: TokenizerPair, hyps: list[Hypothesis]) -> list[tuple[str, float]]:
     return [(toks.tgt.decode(h.tokens), h.score) for h in hyps]
 
@@ -93,7 +100,7 @@ def teacher_forced_loss(model: torch.nn.Module, data: PairSet, batch_tokens: int
     total, count = 0.0, 0
     try:
         for idx in make_batches([len(s) for s in data.src], [len(t) for t in data.tgt], batch_tokens, None):
-            b = collate(data, idx)
+            b = collate(data, idx).to(model_device(model))
             logits = model(b.src, b.src_mask, b.tgt_in)
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD, reduction="sum"

@@ -208,7 +208,9 @@ def score_candidates(model: torch.nn.Module, src: Tensor, src_mask: Tensor, cand
     This is how a closed label set is decoded: score each label, answer with the best.
     """
     n_src, n_cand = src.size(0), candidates.size(0)
-    memory = model.encode(src, src_mask).select(torch.arange(n_src).repeat_interleave(n_cand))
+    memory = model.encode(src, src_mask).select(
+        torch.arange(n_src, device=src.device).repeat_interleave(n_cand)
+    )
     tgt = candidates.repeat(n_src, 1)
     logits, _ = model.decode(tgt[:, :-1], memory, None)
     logp = F.log_softmax(logits.float(), dim=-1).gather(2, tgt[:, 1:, None]).squeeze(2)

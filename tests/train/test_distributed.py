@@ -140,3 +140,41 @@ def test_activation_checkpointing_refused_for_the_gru(tmp_path, reverse_task, ca
     ]
     assert main([*args, "--max-steps", "2", *COMMON, "--set", "train.activation_checkpointing=true"]) == 2
     assert "activation_checkpointing is not supported by the gru" in capsys.readouterr().err
+
+
+def test_device_choice():
+    from bigseq.errors import ConfigError
+    from bigseq.train.distributed import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device must be one of"):
+        resolve_device("tpu")
+
+
+def test_training_on_an_explicit_cpu_device_and_loading_with_a_device(tmp_path, reverse_task, capsys):
+    train, valid = reverse_task
+    run = tmp_path / "cpu"
+    args = [
+        "train",
+        "--train",
+        str(train),
+        "--valid",
+        str(valid),
+        "--out",
+        str(run),
+        "--max-steps",
+        "4",
+        *COMMON,
+    ]
+    assert main([*args, "--set", "train.device=cpu"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(valid), "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 200
+    if not torch.cuda.is_available():
+        assert main(["evaluate", str(run), "--data", str(valid), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err

@@ -120,6 +120,14 @@ class Batch:
     tgt_in: Tensor
     tgt_out: Tensor
 
+    def to(self, device: torch.device) -> Batch:
+        """The same batch on ``device`` (a no-op when it is already there)."""
+        if self.src.device == device:
+            return self
+        return Batch(
+            *(t.to(device, non_blocking=True) for t in (self.src, self.src_mask, self.tgt_in, self.tgt_out))
+        )
+
     @property
     def n_target_tokens(self) -> int:
         return int((self.tgt_out != PAD).sum())

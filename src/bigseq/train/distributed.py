@@ -94,6 +94,21 @@ def setup(timeout_minutes: float = 30.0) -> World:
     return World(rank=rank, size=size, local_rank=local_rank)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str, world: World | None = None) -> torch.device:
+    """``auto``: this rank's CUDA device when CUDA is available, else the CPU; ``cpu``; ``cuda`` (an error
+    naming the problem when no CUDA device is visible). Under torchrun, rank r of a node uses GPU LOCAL_RANK."""
+    if name not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA device (a CPU-only torch build, or no GPU)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", world.local_rank if world is not None and world.distributed else 0)
+
+
 def _device() -> torch.device:
     return (
         torch.device("cuda", torch.cuda.current_device())

@@ -43,6 +43,7 @@ from bigseq.train.distributed import (
     full_model,
     full_optimizer_state,
     load_optimizer_state,
+    resolve_device,
     setup,
     wrap,
 )
@@ -221,6 +222,8 @@ def fit(
         model.grad_checkpointing = tc.activation_checkpointing
     elif tc.activation_checkpointing:
         raise ConfigError(f"train.activation_checkpointing is not supported by the {cfg.model.arch} model")
+    device = resolve_device(tc.device, world)
+    model.to(device)
     # What the steps run: the model itself, its DDP wrapper, or the model sharded in place by FSDP (whose
     # parameters then change type, so the optimizer is built after this).
     net = wrap(model, world, tc.distributed)
@@ -287,7 +290,10 @@ def fit(
                     batches = epoch_batches(pr.epoch)
                 mine = pr.pos + world.rank
                 micro.append(
-                    (collate(data, batches[mine if mine < len(batches) else 0]), float(mine < len(batches)))
+                    (
+                        collate(data, batches[mine if mine < len(batches) else 0]).to(device),
+                        float(mine < len(batches)),
+                    )
                 )
                 pr.pos += world.size
             n_tgt = world.sum(sum(b.n_target_tokens * w for b, w in micro))
