@@ -31,7 +31,7 @@ from bigseq.config import build_config
 
 HERE = Path(__file__).parent
 TASKS = {
-    # task: (config, metrics reported on test, higher is better?)
+    # task: (fine-tuning config, metrics reported on test)
     "genre": ("genre.yaml", ["accuracy", "macro_f1"]),
     "nextline": ("nextline.yaml", ["perplexity", "chrf", "bleu"]),
 }
@@ -111,24 +111,24 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def _fmt(x: dict, metric: str) -> str:
+    """mean ± sd; accuracy and macro-F1 in percent."""
+    scale, unit = (100.0, " %") if metric in ("accuracy", "macro_f1") else (1.0, "")
+    return f"{x['mean'] * scale:.2f} ± {x['sd'] * scale:.2f}{unit}"
+
+
 def markdown(summary: dict) -> str:
     rows = [
         "| task | metric | pretrained (mean ± sd) | scratch (mean ± sd) | margin (pretrained − scratch) | better |",
         "|---|---|---|---|---|---|",
     ]
     for task, t in summary.items():
-        for m, _ in ((m, None) for m in TASKS[task][1]):
+        for m in TASKS[task][1]:
             r = t[m]
-            scale = 100.0 if m in ("accuracy", "macro_f1") else 1.0
-            unit = " %" if scale == 100.0 else ""
-
-            def fmt(x: dict) -> str:
-                return f"{x['mean'] * scale:.2f} ± {x['sd'] * scale:.2f}{unit}"  # noqa: B023
-
-            margin = fmt(r["margin"]) if "margin" in r else "-"
+            margin = _fmt(r["margin"], m) if "margin" in r else "-"
+            arms = [_fmt(r[arm], m) if arm in r else "-" for arm in ("pretrained", "scratch")]
             rows.append(
-                f"| {task} | {m} | {fmt(r['pretrained'])} | {fmt(r['scratch'])} | {margin} | "
-                f"{r.get('pretrained_better_in', '-')} |"
+                f"| {task} | {m} | {arms[0]} | {arms[1]} | {margin} | {r.get('pretrained_better_in', '-')} |"
             )
     return "\n".join(rows)
 
