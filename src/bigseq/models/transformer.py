@@ -104,11 +104,15 @@ class DecoderLayer(nn.Module):
         self,
         x: Tensor,
         mem_mask: Tensor,
-        cross_kv: tuple[Tensor, Tensor],
+        cross: tuple[Tensor, Tensor] | Tensor,
         cache: TransformerCache | None,
         layer: int,
     ) -> Tensor:
-        """x: (B, T, D) new positions; mem_mask: (B, 1, 1, S). With a cache, keys/values are appended to it."""
+        """x: (B, T, D) new positions; mem_mask: (B, 1, 1, S); ``cross``: the cross-attention keys and values
+        (projected once per generation, incremental decoding) or the memory states (B, S, D) to project here
+        (teacher forcing: inside this forward, so that an FSDP unit per layer gathers its weights for it).
+        With a cache, keys/values are appended to it."""
+        cross_kv = self.cross_attn.project_kv(cross) if isinstance(cross, Tensor) else cross
         a = self.self_attn
         q, k, v = a.qkv(self.ln1(x)).chunk(3, dim=-1)
         q, k, v = a.split(q), a.split(k), a.split(v)
@@ -229,7 +233,7 @@ class Transformer(nn.Module):
         x = self._embed(self.tgt_embed, tgt_in, 0)
         mem_mask = src_mask[:, None, None, :]
         for layer in self.decoder:
-            x = self._run(layer, x, mem_mask, layer.cross_attn.project_kv(memory.states), None, 0)
+            x = self._run(layer, x, mem_mask, memory.states, None, 0)
         return self.lm_head(self.dec_ln(x))
 
 

@@ -138,13 +138,12 @@ def wrap(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
         return DistributedDataParallel(model, device_ids=ids)
     from torch.distributed.fsdp import fully_shard
 
-    # Each encoder layer is its own unit (gathered only while it runs). Decoder layers stay in the root unit:
-    # the model projects cross-attention keys / values through a decoder layer's submodule outside that
-    # layer's forward, which FSDP would not see to gather. The GRU shards as one unit.
-    encoder = getattr(model, "encoder", None)
-    if isinstance(encoder, nn.ModuleList):
-        for layer in encoder:
-            fully_shard(layer)
+    # Each Transformer layer is its own unit, gathered only while it runs (training calls only the layers'
+    # forward); the root unit holds the rest (embeddings, final norms, head). The GRU shards as one unit.
+    for stack in (getattr(model, "encoder", None), getattr(model, "decoder", None)):
+        if isinstance(stack, nn.ModuleList):
+            for layer in stack:
+                fully_shard(layer)
     fully_shard(model)
     return model
 
