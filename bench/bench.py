@@ -26,6 +26,11 @@ of our float model and of its int8 copy, ``bigseq.speed.quantize``, each paired 
 ``memory`` (peak resident memory of each side in its own subprocess), ``peak`` (achieved training FLOP/s as a
 fraction of this machine's measured fp32 matmul peak), ``scaling`` (our step time against sequence length),
 ``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``).
+
+Where the ``ctranslate2`` package is installed, the generation sections have a third side: the same
+``transformers`` model (its weights as its generation rows use them), converted to CTranslate2 in fp32 and
+int8 and paired with ``transformers`` like the other rows (``convert_ct2``, ``section_ct2``; keys ``ct2_*``).
+Without it the benchmark runs and says "CTranslate2 not installed".
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -264,27 +270,36 @@ def train_step_fn(model: nn.Module, side: str, batch: dict[str, Tensor]) -> Call
     return step
 
 
+def gen_sources(p: Preset, b: int) -> Tensor:
+    """The ``b`` random sources every side's generation runs on (the same ids for every side)."""
+    return random_ids(torch.Generator().manual_seed(1), p.vocab, b, p.gen_src)
+
+
+def hf_generation_config(p: Preset, beam: int) -> Any:
+    """Exactly ``p.gen_new`` new tokens (``transformers`` runs ``p.gen_new`` decoder steps)."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=p.gen_new,
+        min_new_tokens=p.gen_new,
+        num_beams=beam,
+        num_return_sequences=1,
+        do_sample=False,
+        use_cache=True,
+        length_penalty=1.0,
+        decoder_start_token_id=BOS,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+
+
 def gen_fn(model: nn.Module, side: str, p: Preset, b: int, beam: int) -> Callable[[], None]:
     """Generate exactly ``p.gen_new`` tokens for each of ``b`` random sources; checks the count."""
-    g = torch.Generator().manual_seed(1)
-    src = random_ids(g, p.vocab, b, p.gen_src)
+    src = gen_sources(p, b)
     mask = torch.ones_like(src, dtype=torch.bool)
     if side == "hf":
-        from transformers import GenerationConfig
-
-        gc = GenerationConfig(
-            max_new_tokens=p.gen_new,
-            min_new_tokens=p.gen_new,
-            num_beams=beam,
-            num_return_sequences=1,
-            do_sample=False,
-            use_cache=True,
-            length_penalty=1.0,
-            decoder_start_token_id=BOS,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            pad_token_id=PAD,
-        )
+        gc = hf_generation_config(p, beam)
 
         def run() -> None:
             model.eval()
@@ -427,6 +442,222 @@ def section_gen(
         out[f"b{b}"].update(compare(b * p.gen_new, ta, tb))
         label = "greedy" if beam == 1 else f"beam {beam}"
         print(f"  {label} b{b}: {side}/hf {out[f'b{b}']['ratio']:.2f}", flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- CTranslate2
+#
+# The third side of the generation rows: the transformers BART model itself, with the weights its rows use,
+# converted to CTranslate2 (fp32, and int8 weights) by CTranslate2's own converter. Optional: without the
+# ``ctranslate2`` package the benchmark runs and says so.
+
+CT2_SIDES = {"ct2": None, "ct2_int8": "int8"}  # result-key prefix -> ``quantization`` of the conversion
+CT2_LABELS = {"ct2": "CT2 fp32", "ct2_int8": "CT2 int8"}
+
+
+def token_names(vocab: int) -> list[str]:
+    """Token strings for ids 0..vocab-1: CTranslate2 takes and returns tokens, not ids. The four special
+    tokens at the special ids of bigseq and of the BART config (PAD, BOS, EOS, UNK = 0..3), then ``t4``,
+    ``t5``, ..."""
+    return ["<pad>", "<s>", "</s>", "<unk>"] + [f"t{i}" for i in range(FIRST_ID, vocab)]
+
+
+def convert_ct2(hf: nn.Module, p: Preset, root: Path) -> dict[str, Path]:
+    """Saves ``hf`` (its current weights) and a tokenizer into ``root/hf`` and converts it with
+    ``ctranslate2.converters.TransformersConverter`` into ``root/<side>`` for each of ``CT2_SIDES``.
+
+    The model has no tokenizer, but the converter reads the vocabulary and the special tokens from one:
+    a ``tokenizers`` WordLevel tokenizer whose vocabulary is ``token_names`` (token i has id i), wrapped in
+    ``transformers.PreTrainedTokenizerFast``, is saved next to the model.
+    """
+    import ctranslate2
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the converter's from_pretrained would draw bars on stderr
+    src = root / "hf"
+    hf.save_pretrained(src)
+    names = token_names(p.vocab)
+    tok = Tokenizer(WordLevel({n: i for i, n in enumerate(names)}, unk_token="<unk>"))
+    tok.pre_tokenizer = WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    fast.save_pretrained(src)
+    # CTranslate2's BART loader reads ``config.normalize_before`` (pre- or post-LN), an attribute that
+    # transformers' BartConfig does not define: without it the conversion stops with an AttributeError.
+    # transformers' BART is post-LN unconditionally (no config switch; the model never reads this
+    # attribute), so ``False`` states what it computes. It is written into the saved copy's config.json
+    # only: the live model and its config, which the transformers rows run, are not touched.
+    cfg_path = src / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["normalize_before"] = False
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    out = {}
+    for side, quantization in CT2_SIDES.items():
+        converter = ctranslate2.converters.TransformersConverter(str(src))
+        out[side] = Path(converter.convert(str(root / side), quantization=quantization))
+    return out
+
+
+def ct2_source(p: Preset, b: int) -> list[list[str]]:
+    """``gen_sources`` as token strings: the same ids, no special tokens added (neither side adds any)."""
+    names = token_names(p.vocab)
+    return [[names[i] for i in row] for row in gen_sources(p, b).tolist()]
+
+
+def ct2_translate(translator: Any, source: list[list[str]], p: Preset, beam: int) -> list[list[str]]:
+    """Exactly ``p.gen_new`` new tokens per source, like the other sides.
+
+    CTranslate2 feeds the decoder start token (``<s>``, BART's ``decoder_start_token_id``, written by the
+    converter) at step 0 and runs one decoder step per generated token: ``max_decoding_length`` steps at
+    most, the start token not counted; the end token is masked while fewer than ``min_decoding_length``
+    tokens exist; at the last step the hypothesis is closed without a further step for the end token
+    (``decoding.cc``: ``apply_min_length``, ``is_last_step``). So min = max = ``p.gen_new`` runs
+    ``p.gen_new`` decoder steps, as ``transformers`` does; the caller checks every length.
+    ``beam_size`` must be given: CTranslate2's default is 2.
+    """
+    res = translator.translate_batch(
+        source,
+        beam_size=beam,
+        num_hypotheses=1,
+        length_penalty=1.0,
+        min_decoding_length=p.gen_new,
+        max_decoding_length=p.gen_new,
+        return_scores=False,
+    )
+    return [r.hypotheses[0] for r in res]
+
+
+def ct2_gen_fn(translator: Any, p: Preset, b: int, beam: int) -> Callable[[], None]:
+    source = ct2_source(p, b)
+
+    def run() -> None:
+        hyps = ct2_translate(translator, source, p, beam)
+        if any(len(h) != p.gen_new for h in hyps):
+            raise RuntimeError(f"CTranslate2 generated lengths {[len(h) for h in hyps]}")
+
+    return run
+
+
+def _agreement(a: list[list[int]], b: list[list[int]]) -> dict[str, float]:
+    """Share of identical sequences and of identical tokens (position by position)."""
+    tokens = sum(x == y for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+    return {
+        "sequences": sum(ra == rb for ra, rb in zip(a, b, strict=True)) / len(a),
+        "tokens": tokens / sum(len(r) for r in a),
+    }
+
+
+def check_ct2(p: Preset, hf: nn.Module, translators: dict[str, Any]) -> dict[str, Any]:
+    """Does the converted model compute what ``hf`` computes? At the first generation batch size, on the
+    generation rows' inputs:
+
+    - ``agreement``: CTranslate2's greedy and beam outputs against ``transformers``' for each side;
+    - ``logprob_max_abs_diff``: the largest difference between the two log-probabilities of a random
+      target (teacher forcing, end token included; ``score_batch`` against the ``transformers`` forward).
+
+    The second is the strict test of the conversion: random weights may make both sides emit one token over
+    and over (``hf_greedy_distinct_tokens`` 1), and identical outputs then say little.
+    """
+    b = p.gen_batches[0]
+    src = gen_sources(p, b)
+    names = token_names(p.vocab)
+    index = {n: i for i, n in enumerate(names)}
+    source = ct2_source(p, b)
+    hf.eval()
+    out: dict[str, Any] = {"batch": b, "agreement": {}, "logprob_max_abs_diff": {}}
+    with torch.no_grad():
+        for beam, name in ((1, "greedy"), (p.beam, f"beam{p.beam}")):
+            ref = hf.generate(
+                input_ids=src,
+                attention_mask=torch.ones_like(src),
+                generation_config=hf_generation_config(p, beam),
+            )[:, 1:].tolist()
+            if beam == 1:
+                out["hf_greedy_distinct_tokens"] = len({t for row in ref for t in row})
+            for side, tr in translators.items():
+                got = [[index[t] for t in h] for h in ct2_translate(tr, source, p, beam)]
+                out["agreement"][f"{side}_{name}"] = _agreement(got, ref)
+        tgt = random_ids(torch.Generator().manual_seed(3), p.vocab, b, p.gen_new)
+        dec_in = torch.cat([torch.full((b, 1), BOS), tgt], dim=1)
+        logp = hf(input_ids=src, attention_mask=torch.ones_like(src), decoder_input_ids=dec_in).logits
+        logp = logp.float().log_softmax(-1)
+        ref_lp = torch.cat([logp[:, :-1].gather(-1, tgt[..., None])[..., 0], logp[:, -1:, EOS]], dim=1)
+    target = [[names[i] for i in row] for row in tgt.tolist()]
+    for side, tr in translators.items():
+        got_lp = torch.tensor([r.log_probs for r in tr.score_batch(source, target)])
+        out["logprob_max_abs_diff"][side] = (got_lp - ref_lp).abs().max().item()
+    return out
+
+
+def setup_ct2(p: Preset, hf: nn.Module, threads: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Converts ``hf`` and loads both CTranslate2 models; returns (record for results.json, translators),
+    or (record saying it is not installed, None)."""
+    try:
+        import ctranslate2
+    except ImportError:
+        print("CTranslate2 not installed: no CTranslate2 rows (pip install ctranslate2)", flush=True)
+        return {"installed": False, "note": "CTranslate2 not installed"}, None
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bigseq-bench-ct2-") as tmp:
+        dirs = convert_ct2(hf, p, Path(tmp))
+        seconds = time.perf_counter() - t0
+        # The Translator reads the whole model into memory: the directory may go once they are built.
+        translators = {
+            side: ctranslate2.Translator(str(d), device="cpu", intra_threads=threads, inter_threads=1)
+            for side, d in dirs.items()
+        }
+    rec: dict[str, Any] = {
+        "installed": True,
+        "version": ctranslate2.__version__,
+        "compute_type": {side: tr.compute_type for side, tr in translators.items()},
+        "intra_threads": threads,
+        "conversion": {
+            "seconds": seconds,
+            "quantization": {side: q or "none" for side, q in CT2_SIDES.items()},
+            "config_patch": {"normalize_before": False},
+        },
+    }
+    rec["check"] = check_ct2(p, hf, translators)
+    diff = rec["check"]["logprob_max_abs_diff"]["ct2"]
+    print(
+        f"  CTranslate2 {rec['version']}: converted in {seconds:.1f} s; fp32 log-prob max |diff| {diff:.2g}, "
+        f"greedy token agreement {rec['check']['agreement']['ct2_greedy']['tokens']:.0%}",
+        flush=True,
+    )
+    # The fp32 conversion must compute what transformers computes, else its rows time another model.
+    assert diff <= 1e-3, f"CTranslate2 fp32 log-probabilities differ from transformers' by {diff:.3g}"
+    return rec, translators
+
+
+def section_ct2(
+    p: Preset, translator: Any, hf: nn.Module, beam: int, reps: int, warmup: int, side: str
+) -> dict[str, Any]:
+    """CTranslate2 generation paired with transformers (same inputs, same pairing as ``section_gen``);
+    ``ratio`` = CTranslate2 / transformers throughput."""
+    out = {}
+    for b in p.gen_batches:
+        tc, th = paired(ct2_gen_fn(translator, p, b, beam), gen_fn(hf, "hf", p, b, beam), reps, warmup)
+        r = compare(b * p.gen_new, tc, th)
+        out[f"b{b}"] = {
+            "batch": b,
+            "beam": beam,
+            "src": p.gen_src,
+            "new": p.gen_new,
+            "ct2": r["ours"],
+            "hf": r["hf"],
+            "ratio": r["ratio"],
+            "ratio_range": r["ratio_range"],
+            "ratio_of_medians": r["ratio_of_medians"],
+            "ct2_seconds": tc,
+            "hf_seconds": th,
+        }
+        label = "greedy" if beam == 1 else f"beam {beam}"
+        print(f"  {label} b{b}: {CT2_LABELS[side]}/hf {r['ratio']:.2f}", flush=True)
     return out
 
 
@@ -588,6 +819,41 @@ def _ratio(r: dict[str, Any]) -> str:
     return f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})"
 
 
+def _ct2_markdown(res: dict[str, Any]) -> list[str]:
+    c = res["ct2"]
+    if not c["installed"]:
+        return ["", "CTranslate2 not installed: no CTranslate2 rows (pip install ctranslate2)."]
+    lines = [
+        "",
+        f"CTranslate2 {c['version']} against transformers: the same BART weights, converted "
+        f"(compute types {', '.join(f'{CT2_LABELS[k]} {v}' for k, v in c['compute_type'].items())}); same inputs",
+        "",
+        "| figure | CTranslate2 | transformers | CT2 / transformers (range of pairs) |",
+        "|---|---:|---:|---:|",
+    ]
+    for side in CT2_SIDES:
+        for kind, label in (("greedy", "greedy"), ("beam", f"beam {res['beam_width']}")):
+            for name, r in res.get(f"{side}_{kind}", {}).items():
+                lines.append(
+                    f"| {label} new tokens/s, {name} ({CT2_LABELS[side]}) | {fmt(r['ct2'])} | {fmt(r['hf'])} "
+                    f"| {_ratio(r)} |"
+                )
+    ck = c["check"]
+    agree = ck["agreement"]
+    beam = f"beam{res['beam_width']}"
+    lines += [
+        "",
+        f"Conversion check at batch {ck['batch']}: tokens identical to transformers' output, greedy "
+        f"{agree['ct2_greedy']['tokens']:.0%} (fp32) / {agree['ct2_int8_greedy']['tokens']:.0%} (int8), "
+        f"beam {agree[f'ct2_{beam}']['tokens']:.0%} / "
+        f"{agree[f'ct2_int8_{beam}']['tokens']:.0%} "
+        f"({ck['hf_greedy_distinct_tokens']} distinct tokens in transformers' greedy output); "
+        f"teacher-forced log-probabilities max |diff| {ck['logprob_max_abs_diff']['ct2']:.2g} (fp32), "
+        f"{ck['logprob_max_abs_diff']['ct2_int8']:.2g} (int8).",
+    ]
+    return lines
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"bigseq vs transformers {res['transformers_version']} -- preset {res['preset']}, "
@@ -659,7 +925,10 @@ def markdown(res: dict[str, Any]) -> str:
                 f"| {unit}, {name.split('_', 1)[1]} | {fmt(r['gru'])} | {fmt(r['transformer'])} "
                 f"| {_ratio(r)} |"
             )
+    if "ct2" in res:
+        lines += _ct2_markdown(res)
     keys = ["train_speedup", "greedy_speedup", "beam5_speedup", "greedy_speedup_int8", "beam5_speedup_int8"]
+    keys += ["ct2_greedy_speedup", "ct2_beam5_speedup", "ct2_int8_greedy_speedup", "ct2_int8_beam5_speedup"]
     headline = [k for k in (*keys, "peak_mem_ratio") if k in res]
     if headline:
         lines += [
@@ -756,6 +1025,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res[f"beam{p.beam}_speedup"] = min(r["ratio"] for r in res["beam"].values())
         res["beam_int8"] = section_gen(p, ours_int8, hf, p.beam, reps, warmup, side="ours int8")
         res[f"beam{p.beam}_speedup_int8"] = min(r["ratio"] for r in res["beam_int8"].values())
+    # CTranslate2: the transformers model as it is now (the weights its generation rows use, i.e. after the
+    # training section's steps), converted; paired with transformers like the rows above.
+    if {"greedy", "beam"} & set(sections):
+        res["ct2"], translators = setup_ct2(p, hf, args.threads)
+        for side, tr in (translators or {}).items():
+            if "greedy" in sections:
+                res[f"{side}_greedy"] = section_ct2(p, tr, hf, 1, reps, warmup, side)
+                res[f"{side}_greedy_speedup"] = min(r["ratio"] for r in res[f"{side}_greedy"].values())
+            if "beam" in sections:
+                res[f"{side}_beam"] = section_ct2(p, tr, hf, p.beam, reps, warmup, side)
+                res[f"{side}_beam{p.beam}_speedup"] = min(r["ratio"] for r in res[f"{side}_beam"].values())
+        del translators
     if "peak" in sections:
         res["peak"] = section_peak(p, res["train"], reps)
     if "scaling" in sections:
