@@ -23,8 +23,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests recipes
-	$(BIN)/ruff format --check src tests recipes
+	$(BIN)/ruff check src tests recipes bench
+	$(BIN)/ruff format --check src tests recipes bench
 
 # Grapheme-to-phoneme on CMUdict: prepare the split, train the GRU (the faster learner on 2 cores) for DEMO_MINUTES, convert a few
 # words, score the test set.
