@@ -178,3 +178,24 @@ def test_training_on_an_explicit_cpu_device_and_loading_with_a_device(tmp_path, 
     if not torch.cuda.is_available():
         assert main(["evaluate", str(run), "--data", str(valid), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_an_epoch_with_an_odd_number_of_batches_trains_each_once(tmp_path):
+    """50 equal-length examples in batches of 10 = 5 batches: 2 ranks need 3 rounds, the last with one rank
+    on a zero-weight step. The tokens counted after those 3 steps are exactly one epoch's: nothing dropped,
+    nothing repeated, and the padding step not counted."""
+    rng = __import__("random").Random(0)
+    lines = []
+    for _ in range(50):
+        s = "".join(rng.choice("abcdefgh") for _ in range(4))
+        lines.append(json.dumps({"source": s, "target": s[::-1]}))
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines) + "\n")
+    base = ["--train", str(train), "--valid", str(train), *COMMON, "--set", "train.batch_tokens=100"]
+    base += ["--set", "metrics=[]"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *base, "--out", str(one), "--max-steps", "5", "--set", "train.eval_every=5"]) == 0
+    torchrun("train", *base, "--out", str(two), "--max-steps", "3", "--set", "train.eval_every=3")
+    (a,), (b,) = records(one), records(two)
+    assert a["epoch"] == b["epoch"] == 0
+    assert a["tokens"] == b["tokens"] == 50 * (4 + 5)  # source 4 + target 4 + EOS per example, no padding
