@@ -150,11 +150,12 @@ def _saved(cfg: Config, out: Path) -> Config:
     return replace(cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics)
 
 
-def _join(world: World, out: Path, cfg: Config, resume: bool) -> Config:
-    """Under torchrun: rank 0 has just prepared a new run directory (tokenizer, config); the other ranks
-    wait for it, then read the same config and tokenizer from it, so every rank builds the same model."""
+def _join(world: World, out: Path, cfg: Config, resume: bool) -> tuple[Config, TokenizerPair]:
+    """The config and tokenizers every rank trains with. Under torchrun rank 0 has just prepared a new run
+    directory (tokenizer, config); the other ranks wait for it, then read the same config and tokenizer
+    from it, so every rank builds the same model."""
     world.barrier()
-    return cfg if resume or world.is_main else _saved(cfg, out)
+    return (cfg if resume or world.is_main else _saved(cfg, out)), TokenizerPair.load(out)
 
 
 def _quiet_unless_main(world: World, log: Any) -> Any:
@@ -251,8 +252,7 @@ def train(
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
-    cfg = _join(world, out, cfg, resume)
-    toks = TokenizerPair.load(out)
+    cfg, toks = _join(world, out, cfg, resume)
     data = _encode_train(cfg, toks, train_ex, log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -337,8 +337,7 @@ def finetune(
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
-    cfg = _join(world, out, cfg, resume)
-    toks = TokenizerPair.load(out)
+    cfg, toks = _join(world, out, cfg, resume)
     data = _encode_train(cfg, toks, train_ex, log)
     # On resume the weights come from the train state; otherwise from the init run (unless from scratch).
     model = finetune_model(cfg, None if resume or from_scratch else init, log)
@@ -412,8 +411,7 @@ def pretrain(
             )
         TokenizerPair(tok, tok, shared=True).save(out)
         cfg.save(out / CONFIG_FILE)
-    cfg = _join(world, out, cfg, resume)
-    toks = TokenizerPair.load(out)
+    cfg, toks = _join(world, out, cfg, resume)
     p = cfg.pretrain
     t0 = time.perf_counter()
     shard_dir = Path(shards_dir or out / "shards")
