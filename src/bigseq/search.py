@@ -75,6 +75,7 @@ def _restrict_to_eos(logp: Tensor, rows: Tensor) -> Tensor:
     return logp
 
 
+@torch.no_grad()
 def _greedy_or_sample(
     model: torch.nn.Module,
     src: Tensor,
@@ -134,6 +135,7 @@ def _sample(logits: Tensor, top_k: int, top_p: float, generator: torch.Generator
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+@torch.no_grad()
 def _beam(
     model: torch.nn.Module,
     src: Tensor,
@@ -177,7 +179,7 @@ def _beam(
         finished = was_finished | (tok == EOS)
         if finished.all():
             break
-        cache = cache.select(rows)
+        cache = cache.reorder(rows)
     norm = scores.view(-1) / lengths.clamp(min=1) ** length_penalty
     out = []
     for i in range(b):

@@ -81,6 +81,32 @@ def test_transformer_cache_grows_beyond_initial_capacity():
     torch.testing.assert_close(torch.cat(steps, 1), model(src, mask, tgt), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_beam_reorder_keeps_each_beams_own_history(arch):
+    """Beam search reorders the cache every step (rows taken from beams of the same input). Decoding after
+    several reorders - one across the cache growing past its capacity - must equal a full forward pass of
+    each row's reordered token history."""
+    model = tiny_model(arch).eval()
+    src, mask, _ = _batch()
+    k = 3  # beams per input: rows 3i .. 3i+2 belong to input i
+    expand = torch.arange(3).repeat_interleave(k)
+    src, mask = src[expand], mask[expand]
+    memory = model.encode(src, mask)
+    g = torch.Generator().manual_seed(5)
+    hist = torch.full((9, 1), BOS)
+    cache, logits = None, None
+    for step in range(40):
+        logits, cache = model.decode(hist[:, -1:], memory, cache)
+        # each input's beams are shuffled / duplicated among themselves, like a beam search step
+        rows = (torch.arange(3).repeat_interleave(k) * k + torch.randint(0, k, (9,), generator=g))
+        nxt = torch.randint(4, 19, (9, 1), generator=g)
+        hist = torch.cat([hist[rows], nxt], dim=1)
+        cache = cache.reorder(rows)
+    logits, cache = model.decode(hist[:, -1:], memory, cache)
+    torch.testing.assert_close(logits[:, -1], model(src, mask, hist)[:, -1], atol=1e-5, rtol=1e-4)
+
+
 def test_tied_embeddings_and_parameter_count():
     tied = tiny_model("transformer")
     assert tied.lm_head.weight is tied.tgt_embed.weight

@@ -9,7 +9,8 @@ Every model is an ``nn.Module`` with three methods:
 - ``forward(src, src_mask, tgt_in) -> logits``: teacher forcing for training, no cache built.
 
 Search never looks inside ``Memory`` or ``Cache``: it only reorders them along the batch dimension with
-``select`` (beam search, expanding a batch to several beams).
+``select`` (expanding a batch to several beams, dropping finished rows) and ``reorder`` (beam search's
+per-step reordering among the beams of each input).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class Batched:
         return dataclasses.replace(
             self, **{f.name: _select(getattr(self, f.name), index) for f in dataclasses.fields(self)}
         )
+
+    def reorder(self, index: Tensor):  # noqa: ANN201 - returns the same type
+        """Beam search's reordering: like ``select``, but each new row comes from a beam of the same input,
+        so a cache may keep what all beams of an input share (e.g. the projected encoder memory) and
+        reuse buffers. May update ``self`` in place; callers use the returned object."""
+        return self.select(index)
 
 
 @dataclasses.dataclass

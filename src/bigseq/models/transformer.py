@@ -28,6 +28,27 @@ class TransformerCache(Batched):
     cross_k: list[Tensor]
     cross_v: list[Tensor]
     length: int = 0
+    # Second set of self-attention buffers that ``reorder`` gathers into, then swaps with the first.
+    spare_k: list[Tensor] | None = None
+    spare_v: list[Tensor] | None = None
+
+    def select(self, index: Tensor) -> TransformerCache:
+        return Batched.select(dataclasses.replace(self, spare_k=None, spare_v=None), index)
+
+    def reorder(self, index: Tensor) -> TransformerCache:
+        """Beam search: gather only the filled part of the self-attention cache, into the spare buffers
+        (no fresh allocation, whose page faults cost more than the copy on CPU). The cross-attention keys
+        and values are the same for every beam of an input, so they stay as they are."""
+        n = self.length
+        for bufs, spares in ((self.self_k, "spare_k"), (self.self_v, "spare_v")):
+            spare = getattr(self, spares)
+            if spare is None or spare[0].shape != bufs[0].shape:
+                spare = [t.new_empty(t.shape) for t in bufs]
+            for i, t in enumerate(bufs):
+                torch.index_select(t[:, :, :n], 0, index, out=spare[i][:, :, :n])
+            bufs[:], spare[:] = spare, list(bufs)
+            setattr(self, spares, spare)
+        return self
 
 
 def sinusoid_table(n: int, d: int) -> Tensor:
