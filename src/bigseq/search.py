@@ -64,11 +64,14 @@ def _finish(tokens: Tensor) -> list[int]:
     return out
 
 
-def _restrict_to_eos(logp: Tensor, rows: Tensor) -> Tensor:
-    """Padding and BOS are never outputs; rows that reached their length limit may only end."""
-    logp[:, PAD] = float("-inf")
-    logp[:, BOS] = float("-inf")
-    if rows.any():
+assert (PAD, BOS) == (0, 1), "_restrict_to_eos bans both with one slice"
+
+
+def _restrict_to_eos(logp: Tensor, rows: Tensor | None) -> Tensor:
+    """Padding and BOS are never outputs; ``rows`` (B,) bool that reached their length limit may only end
+    (None: no row has, which callers know without looking at the tensor)."""
+    logp[:, :2] = float("-inf")  # PAD and BOS
+    if rows is not None and rows.any():
         eos = logp[:, EOS].clone()
         logp = logp.masked_fill(rows[:, None], float("-inf"))
         logp[:, EOS] = torch.where(rows, eos, logp[:, EOS])
@@ -91,31 +94,34 @@ def _greedy_or_sample(
     memory = model.encode(src, src_mask)
     active = torch.arange(b, device=src.device)  # original row of each row still decoding
     last = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
-    steps: list[tuple[Tensor, Tensor]] = []  # (rows, tokens) per step
-    scores = torch.zeros(b, device=src.device)
+    steps: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, tokens, their log-probabilities) per step
     cache = None
+    # Per-step work is a few dozen small ops, so the loop avoids the ones it can: the length limits are
+    # looked at only from the first step where one can bite, scores are summed once at the end.
+    first_limit = int(max_lens.min())
     for t in range(int(max_lens.max()) + 1):
         logits, cache = model.decode(last, memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-        logp = _restrict_to_eos(logp, t >= max_lens[active])
+        logp = _restrict_to_eos(logp, t >= max_lens[active] if t >= first_limit else None)
         if temperature is None:
             nxt = logp.argmax(-1)
         else:
             nxt = _sample(logp / temperature, top_k, top_p, generator)
-        scores[active] += logp.gather(1, nxt[:, None]).squeeze(1)
-        steps.append((active, nxt))
+        steps.append((active, nxt, logp.gather(1, nxt[:, None]).squeeze(1)))
         keep = nxt != EOS
-        if not keep.any():
-            break
         if not keep.all():
+            if not keep.any():
+                break
             # Shrinking the batch saves the work of decoding rows that are already done.
             idx = keep.nonzero().squeeze(1)
             active, nxt = active[idx], nxt[idx]
             memory, cache = memory.select(idx), cache.select(idx)
         last = nxt[:, None]
     out = torch.full((b, len(steps)), PAD, dtype=torch.long)
-    for t, (rows, toks) in enumerate(steps):
+    scores = torch.zeros(b)
+    for t, (rows, toks, lp) in enumerate(steps):
         out[rows.cpu(), t] = toks.cpu()
+        scores.index_add_(0, rows.cpu(), lp.cpu())
     return [Hypothesis(_finish(out[i]), float(scores[i])) for i in range(b)]
 
 
