@@ -25,7 +25,10 @@ Sections (``--sections``): ``train`` (training throughput), ``greedy`` and ``bea
 of our float model and of its int8 copy, ``bigseq.speed.quantize``, each paired with float ``transformers``),
 ``memory`` (peak resident memory of each side in its own subprocess), ``peak`` (achieved training FLOP/s as a
 fraction of this machine's measured fp32 matmul peak), ``scaling`` (our step time against sequence length),
-``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``).
+``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``), ``bf16`` (both sides
+in bfloat16: training under ``torch.autocast`` with the loss in fp32, generation with bf16 copies of both
+models; with the bf16 matmul peak beside the fp32 one -- on CPUs with bf16 matrix units, Intel AMX, this is
+where CPU training and decoding are fastest).
 
 Where the ``ctranslate2`` package is installed, the generation sections have a third side: the same
 ``transformers`` model (its weights as its generation rows use them), converted to CTranslate2 in fp32 and
@@ -61,7 +64,7 @@ from torch import Tensor, nn
 # our side needs it, so that the transformers memory subprocess loads transformers and nothing of ours.
 PAD, BOS, EOS = 0, 1, 2
 FIRST_ID = 4  # ids 0..3 are PAD, BOS, EOS, UNK: never inside the random sequences
-ALL_SECTIONS = ("train", "greedy", "beam", "memory", "peak", "scaling", "gru")
+ALL_SECTIONS = ("train", "greedy", "beam", "bf16", "memory", "peak", "scaling", "gru")
 
 
 @dataclass(frozen=True)
@@ -254,14 +257,18 @@ def logits_fn(model: nn.Module, side: str) -> Callable[[dict[str, Tensor]], Tens
     return lambda x: model(x["src"], x["src_mask"], x["tgt_in"])
 
 
-def train_step_fn(model: nn.Module, side: str, batch: dict[str, Tensor]) -> Callable[[], None]:
-    """One full training step: forward, cross-entropy, backward, AdamW step."""
+def train_step_fn(
+    model: nn.Module, side: str, batch: dict[str, Tensor], bf16: bool = False
+) -> Callable[[], None]:
+    """One full training step: forward (under bf16 autocast if ``bf16``), cross-entropy in fp32, backward,
+    AdamW step."""
     fwd = logits_fn(model, side)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> None:
         model.train()
-        logits = fwd(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = fwd(batch)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1))
         loss.backward()
         opt.step()
@@ -402,11 +409,11 @@ def train_flops(p: Preset, b: int, s: int, t: int) -> float:
     return 6.0 * macs
 
 
-def matmul_peak(n: int, reps: int) -> dict[str, float]:
-    """This machine's fp32 matmul rate: median FLOP/s of ``torch.mm`` on two n x n matrices."""
+def matmul_peak(n: int, reps: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """This machine's matmul rate in ``dtype``: median FLOP/s of ``torch.mm`` on two n x n matrices."""
     g = torch.Generator().manual_seed(2)
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    out = torch.empty(n, n)
+    a, b = torch.randn(n, n, generator=g).to(dtype), torch.randn(n, n, generator=g).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
     secs = repeat(lambda: torch.mm(a, b, out=out), reps=max(reps, 5), warmup=2)
     return {"n": n, "flops_per_s": 2.0 * n**3 / statistics.median(secs), "seconds": secs}
 
@@ -418,15 +425,38 @@ def shape_name(b: int, s: int, t: int) -> str:
     return f"b{b}x{s}+{t}"
 
 
-def section_train(p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: int) -> dict[str, Any]:
+def section_train(
+    p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: int, bf16: bool = False
+) -> dict[str, Any]:
     out = {}
     for b, s, t in p.train_shapes:
         batch = make_batch(p, b, s, t)
-        fa = train_step_fn(ours, "ours", batch)
-        fb = train_step_fn(hf, "hf", batch)
+        fa = train_step_fn(ours, "ours", batch, bf16)
+        fb = train_step_fn(hf, "hf", batch, bf16)
         ta, tb = paired(fa, fb, reps, warmup)
         out[shape_name(b, s, t)] = {"batch": b, "src": s, "tgt": t, **compare(b * (s + t), ta, tb)}
-        print(f"  train {shape_name(b, s, t)}: ours/hf {out[shape_name(b, s, t)]['ratio']:.2f}", flush=True)
+        r = out[shape_name(b, s, t)]
+        r["flops_per_step"] = train_flops(p, b, s, t)
+        print(f"  train{' bf16' * bf16} {shape_name(b, s, t)}: ours/hf {r['ratio']:.2f}", flush=True)
+    return out
+
+
+def section_bf16(p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: int) -> dict[str, Any]:
+    """Both sides in bfloat16: training under autocast (fresh copies of both models, so the fp32 rows'
+    models are untouched), then greedy and beam generation with bf16 copies of both; and the bf16 matmul
+    peak, which training FLOP/s are set against here."""
+    import copy
+
+    out: dict[str, Any] = {"matmul": matmul_peak(p.mm_n, reps, torch.bfloat16)}
+    out["train"] = section_train(p, copy.deepcopy(ours), copy.deepcopy(hf), reps, warmup, bf16=True)
+    for r in out["train"].values():
+        for side in ("ours", "hf"):
+            rate = r["flops_per_step"] / statistics.median(r[f"{side}_seconds"])
+            r[f"{side}_fraction_of_bf16_peak"] = rate / out["matmul"]["flops_per_s"]
+    ours16 = copy.deepcopy(ours).to(torch.bfloat16).eval()
+    hf16 = copy.deepcopy(hf).to(torch.bfloat16).eval()
+    out["greedy"] = section_gen(p, ours16, hf16, 1, reps, warmup, side="ours bf16")
+    out["beam"] = section_gen(p, ours16, hf16, p.beam, reps, warmup, side="ours bf16")
     return out
 
 
@@ -876,6 +906,20 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(
                 f"| {label} new tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |"
             )
+    if "bf16" in res:
+        bf = res["bf16"]
+        for name, r in bf["train"].items():
+            lines.append(f"| bf16 train tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |")
+        for key, label in gen_rows[:2]:
+            for name, r in bf[key].items():
+                lines.append(
+                    f"| bf16 {label} new tokens/s, {name} | {fmt(r['ours'])} | {fmt(r['hf'])} | {_ratio(r)} |"
+                )
+        for name, r in bf["train"].items():
+            lines.append(
+                f"| bf16 train, fraction of bf16 matmul peak, {name} | {r['ours_fraction_of_bf16_peak']:.0%} "
+                f"| {r['hf_fraction_of_bf16_peak']:.0%} | - |"
+            )
     if "memory" in res:
         m = res["memory"]
         o, h = m["ours"], m["hf"]
@@ -902,6 +946,9 @@ def markdown(res: dict[str, Any]) -> str:
             f"\nfp32 matmul peak ({pk['matmul']['n']}x{pk['matmul']['n']} torch.mm): "
             f"{pk['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s"
         )
+    if "bf16" in res:
+        mm = res["bf16"]["matmul"]
+        lines.append(f"bf16 matmul peak ({mm['n']}x{mm['n']} torch.mm): {mm['flops_per_s'] / 1e9:.1f} GFLOP/s")
     if "scaling" in res:
         lines += ["", "Our training step against length (source = target length, batch tokens ~constant)", ""]
         lines += ["| length | batch | step ms | tokens/s | GFLOP/s |", "|---:|---:|---:|---:|---:|"]
@@ -929,6 +976,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines += _ct2_markdown(res)
     keys = ["train_speedup", "greedy_speedup", "beam5_speedup", "greedy_speedup_int8", "beam5_speedup_int8"]
     keys += ["ct2_greedy_speedup", "ct2_beam5_speedup", "ct2_int8_greedy_speedup", "ct2_int8_beam5_speedup"]
+    keys += ["train_speedup_bf16", "greedy_speedup_bf16", "beam5_speedup_bf16"]
     headline = [k for k in (*keys, "peak_mem_ratio") if k in res]
     if headline:
         lines += [
@@ -1037,6 +1085,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res[f"{side}_beam"] = section_ct2(p, tr, hf, p.beam, reps, warmup, side)
                 res[f"{side}_beam{p.beam}_speedup"] = min(r["ratio"] for r in res[f"{side}_beam"].values())
         del translators
+    if "bf16" in sections:
+        res["bf16"] = section_bf16(p, ours, hf, reps, warmup)
+        res["train_speedup_bf16"] = min(r["ratio"] for r in res["bf16"]["train"].values())
+        res["greedy_speedup_bf16"] = min(r["ratio"] for r in res["bf16"]["greedy"].values())
+        res[f"beam{p.beam}_speedup_bf16"] = min(r["ratio"] for r in res["bf16"]["beam"].values())
     if "peak" in sections:
         res["peak"] = section_peak(p, res["train"], reps)
     if "scaling" in sections:

@@ -48,7 +48,8 @@ def run_one(task: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
 
         shutil.rmtree(out)
     config, _ = TASKS[task]
-    cfg = build_config(HERE / config, overrides=[f"train.seed={seed}", f"train.max_steps={args.steps[task]}"])
+    overrides = [*args.set, f"train.seed={seed}", f"train.max_steps={args.steps[task]}"]
+    cfg = build_config(HERE / config, overrides=overrides)
     cfg.validate()
     print(f"\n=== {task} / {arm} / seed {seed}: {args.steps[task]} steps ===", flush=True)
     summary = bigseq.finetune(
@@ -62,6 +63,7 @@ def run_one(task: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
         "arm": arm,
         "seed": seed,
         "steps": summary.steps,
+        "overrides": args.set,
         "train_seconds": round(summary.seconds, 1),
         "best_step": summary.best_step,
         "test": test,
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=400, help="fine-tuning steps per run (every task)")
     parser.add_argument("--genre-steps", type=int, help="override --steps for genre")
     parser.add_argument("--nextline-steps", type=int, help="override --steps for next line")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="config override for every run of both arms (e.g. train.precision=bf16 on CPUs with AMX)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.steps = {

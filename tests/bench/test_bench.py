@@ -25,6 +25,9 @@ REQUIRED = (
     "beam5_speedup",
     "greedy_speedup_int8",
     "beam5_speedup_int8",
+    "train_speedup_bf16",
+    "greedy_speedup_bf16",
+    "beam5_speedup_bf16",
     "peak_mem_ratio",
 )
 
