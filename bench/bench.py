@@ -948,7 +948,9 @@ def markdown(res: dict[str, Any]) -> str:
         )
     if "bf16" in res:
         mm = res["bf16"]["matmul"]
-        lines.append(f"bf16 matmul peak ({mm['n']}x{mm['n']} torch.mm): {mm['flops_per_s'] / 1e9:.1f} GFLOP/s")
+        lines.append(
+            f"bf16 matmul peak ({mm['n']}x{mm['n']} torch.mm): {mm['flops_per_s'] / 1e9:.1f} GFLOP/s"
+        )
     if "scaling" in res:
         lines += ["", "Our training step against length (source = target length, batch tokens ~constant)", ""]
         lines += ["| length | batch | step ms | tokens/s | GFLOP/s |", "|---:|---:|---:|---:|---:|"]

@@ -96,10 +96,10 @@ def test_beam_reorder_keeps_each_beams_own_history(arch):
     g = torch.Generator().manual_seed(5)
     hist = torch.full((9, 1), BOS)
     cache, logits = None, None
-    for step in range(40):
+    for _ in range(40):
         logits, cache = model.decode(hist[:, -1:], memory, cache)
         # each input's beams are shuffled / duplicated among themselves, like a beam search step
-        rows = (torch.arange(3).repeat_interleave(k) * k + torch.randint(0, k, (9,), generator=g))
+        rows = torch.arange(3).repeat_interleave(k) * k + torch.randint(0, k, (9,), generator=g)
         nxt = torch.randint(4, 19, (9, 1), generator=g)
         hist = torch.cat([hist[rows], nxt], dim=1)
         cache = cache.reorder(rows)
