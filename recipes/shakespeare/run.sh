@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Reproduce recipes/shakespeare/RESULTS.md on 2 CPU cores: prepare, baselines, pretrain once, then the
 # pretrained-vs-scratch ablation over 3 seeds for both tasks. Run from anywhere; `make setup` first.
+# The fine-tunings run in bf16 autocast where the CPU has bf16 matrix units (Intel AMX), else in fp32
+# (override: PRECISION=fp32 bash run.sh); both arms always share it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=recipes/shakespeare
 PY=.venv/bin/python
+PRECISION=${PRECISION:-$($PY -c 'from bigseq.speed import cpu_bf16_pays; print("bf16" if cpu_bf16_pays() else "fp32")')}
 $PY $R/prepare.py --out $R/data
 $PY $R/baselines.py --data $R/data --json $R/runs/baselines.json
 .venv/bin/bigseq pretrain --config $R/pretrain.yaml --text "$R/data/corpus/*.txt" --out $R/runs/pretrain \
   --max-minutes "${PRETRAIN_MINUTES:-30}" --max-steps 1000000
 $PY $R/ablation.py --init $R/runs/pretrain --data $R/data --out $R/runs/ablation --seeds 1 2 3 \
-  --steps "${STEPS:-400}"
+  --genre-steps "${GENRE_STEPS:-600}" --nextline-steps "${NEXTLINE_STEPS:-400}" --set "train.precision=$PRECISION"

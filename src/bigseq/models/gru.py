@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bigseq.config import ModelConfig
 from bigseq.models.base import Batched, Memory
+from bigseq.models.dropout import Dropout
 
 # Keep the (B, T, S, D) additive-attention intermediate under this many elements by chunking over T.
 _ATTN_CHUNK_ELEMENTS = 1 << 24
@@ -66,7 +67,7 @@ class GRUSeq2Seq(nn.Module):
             self.att_k = nn.Linear(d, d)  # W_k
             self.att_v = nn.Linear(d, 1, bias=False)  # v
             self.combine = nn.Linear(2 * d, d)  # W_c
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.lm_head = nn.Linear(d, cfg.tgt_vocab_size)  # W_y, b_y
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tgt_embed.weight

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bigseq.config import ModelConfig
 from bigseq.models.base import Batched, Memory, causal_mask
+from bigseq.models.dropout import Dropout
 
 
 @dataclasses.dataclass
@@ -99,9 +100,9 @@ class EncoderLayer(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=True)
         self.ff = nn.Sequential(
-            nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d)
+            nn.Linear(d, cfg.d_ff), nn.ReLU(), Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d)
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x: (B, S, D); mask: (B, 1, 1, S) bool, True = attend."""
@@ -118,9 +119,9 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=True)
         self.cross_attn = Attention(d, cfg.n_heads, cfg.attn_dropout, self_attn=False)
         self.ff = nn.Sequential(
-            nn.Linear(d, cfg.d_ff), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d)
+            nn.Linear(d, cfg.d_ff), nn.ReLU(), Dropout(cfg.dropout), nn.Linear(cfg.d_ff, d)
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self,
@@ -172,7 +173,7 @@ class Transformer(nn.Module):
             self.pos = nn.Parameter(torch.randn(cfg.max_positions, d) * 0.02)
         else:
             self.register_buffer("pos", sinusoid_table(cfg.max_positions, d), persistent=False)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.enc_ln, self.dec_ln = nn.LayerNorm(d), nn.LayerNorm(d)
@@ -258,7 +259,7 @@ class Transformer(nn.Module):
         return self.lm_head(self.dec_ln(x))
 
 
-def _dropout(drop: nn.Dropout, x: Tensor) -> Tensor:
+def _dropout(drop: Dropout, x: Tensor) -> Tensor:
     """``drop(x)``, skipping the module call in eval mode (decoding pays per-call overhead at every step)."""
     return drop(x) if drop.training else x
 

@@ -1,0 +1,48 @@
+"""Dropout whose random mask costs a quarter of torch's on CPU.
+
+``nn.Dropout`` draws one random number per element from the CPU generator (serially, whatever the thread
+count). In a CPU training step of our Transformer that drawing was ~30% of the step's time (py-spy on the
+``small`` preset fine-tuning in bf16). Here each 32-bit draw is cut into two 16-bit halves, each compared
+with a threshold: half the draws, no float conversion, and the comparison and scaling run on every thread.
+
+The only difference from ``nn.Dropout``: the drop probability is rounded to a multiple of 1/65536 (0.1 becomes
+0.0999908...), and the kept values are scaled by 1 / (1 - that rounded probability), so the expectation of the
+output is still exactly the input's. Same module interface; no parameters, so state dicts are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_LEVELS = 1 << 16
+
+
+def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
+    """A bool keep-mask of ``shape`` (True with probability 1 - p', p' = p rounded to 1/65536) and the
+    scale 1 / (1 - p') for the kept values."""
+    drop = round(p * _LEVELS)
+    n = shape.numel()
+    # Uniform int32 -> two uniform int16 per draw, over [-32768, 32767]; keep those at or above the threshold.
+    bits = torch.randint(-(2**31), 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32, device=device)
+    halves = bits.view(torch.int16)[:n].view(shape)
+    return halves >= drop - _LEVELS // 2, _LEVELS / (_LEVELS - drop)
+
+
+class Dropout(nn.Module):
+    """Drop-in for ``nn.Dropout(p)`` (see the module docstring for the one difference)."""
+
+    def __init__(self, p: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep, scale = dropout_mask(x.shape, self.p, x.device)
+        return x * keep * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
