@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel; override for GPUs, e.g. `make TORCH="torch==2.13.0 --index-url ..." demo`.
 TORCH ?= torch==2.13.0
-DEMO_MINUTES ?= 5
+DEMO_MINUTES ?= 7
+G2P_DEMO_MINUTES ?= 5
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 G2P := recipes/g2p_cmudict
@@ -26,15 +27,22 @@ lint: setup
 	$(BIN)/ruff check src tests recipes bench
 	$(BIN)/ruff format --check src tests recipes bench
 
-# Grapheme-to-phoneme on CMUdict: prepare the split, train the GRU (the faster learner on 2 cores) for DEMO_MINUTES, convert a few
-# words, score the test set.
-demo: demo-g2p
+# The founding document's story on Shakespeare (recipes/shakespeare/demo.py): prepare -> pretrain -> fine-tune for
+# genre (understanding) and next line (generation) -> evaluate beside the baselines, samples, commands to try.
+# DEMO_MINUTES of training, about 1.5 minutes more for the rest (under 10 minutes on 2 cores).
+demo: demo-shakespeare
+
+demo-shakespeare: setup
+	$(BIN)/python recipes/shakespeare/demo.py --minutes $(DEMO_MINUTES)
+
+# Grapheme-to-phoneme on CMUdict: prepare the split, train the GRU (the faster learner on 2 cores) for
+# G2P_DEMO_MINUTES, convert a few words, score the test set.
 
 demo-g2p: setup
 	$(BIN)/python $(G2P)/prepare.py --out $(G2P)/data
 	rm -rf runs/demo-g2p
 	$(BIN)/bigseq train --config $(G2P)/gru.yaml --train $(G2P)/data/train.jsonl \
-	  --valid $(G2P)/data/valid.jsonl --out runs/demo-g2p --max-minutes $(DEMO_MINUTES) \
+	  --valid $(G2P)/data/valid.jsonl --out runs/demo-g2p --max-minutes $(G2P_DEMO_MINUTES) \
 	  --set train.snapshot_minutes=[] --set train.eval_every=400 --set train.warmup_steps=200
 	@echo "--- example conversions (beam 5) ---"
 	@printf "hello\nworld\nsequence\nshakespeare\ntransformer\nbigseq\n" > runs/demo-g2p/examples.txt
@@ -42,12 +50,6 @@ demo-g2p: setup
 	@echo "--- test set (10k words, greedy): WER and PER in percent ---"
 	$(BIN)/bigseq evaluate runs/demo-g2p --data $(G2P)/data/test.jsonl
 	@echo "try: echo hello | $(BIN)/bigseq generate runs/demo-g2p --beam 5"
-
-# Shakespeare: prepare -> pretrain -> fine-tune for genre and next line -> evaluate beside the baselines
-# (recipes/shakespeare/demo.py; DEMO_SHAKESPEARE_MINUTES of training, about 1.5 minutes more for the rest).
-DEMO_SHAKESPEARE_MINUTES ?= 7
-demo-shakespeare: setup
-	$(BIN)/python recipes/shakespeare/demo.py --minutes $(DEMO_SHAKESPEARE_MINUTES)
 
 # Side-by-side speed and memory against Hugging Face transformers (a few minutes); writes bench/results.json.
 bench: setup

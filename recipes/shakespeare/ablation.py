@@ -105,10 +105,13 @@ def summarise(runs: list[dict]) -> dict:
                 t[m]["margin"] = mean_sd(paired)
                 better = [(d < 0) if m in LOWER_IS_BETTER else (d > 0) for d in paired]
                 t[m]["pretrained_better_in"] = f"{sum(better)}/{len(better)} seeds"
-        t["train_seconds"] = {
-            arm: mean_sd([by[arm, s]["train_seconds"] for s in seeds if (arm, s) in by])
+        seconds = {
+            arm: [by[arm, s]["train_seconds"] for s in seeds if (arm, s) in by]
             for arm in ("pretrained", "scratch")
         }
+        t["train_seconds"] = {
+            arm: mean_sd(v) for arm, v in seconds.items() if v
+        }  # an arm may not have run yet
         out[task] = t
     return out
 

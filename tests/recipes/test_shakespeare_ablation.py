@@ -38,3 +38,12 @@ def test_margins_are_paired_by_seed_and_direction_aware():
     assert s["nextline"]["perplexity"]["pretrained_better_in"] == "1/1 seeds"
     table = ablation.markdown(s)
     assert "| genre | accuracy | 48.00 ± 2.83 % | 41.00 ± 1.41 % | 7.00 ± 4.24 % | 2/2 seeds |" in table
+
+
+def test_a_summary_after_the_first_run_has_only_that_arm():
+    """results.json is rewritten after every run, so the summary must hold while an arm has no run yet."""
+    s = ablation.summarise([run("genre", "pretrained", 1, accuracy=0.42, macro_f1=0.33)])
+    assert s["genre"]["accuracy"]["pretrained"]["mean"] == pytest.approx(0.42)
+    assert "scratch" not in s["genre"]["accuracy"] and "margin" not in s["genre"]["accuracy"]
+    assert list(s["genre"]["train_seconds"]) == ["pretrained"]
+    assert "| genre | accuracy | 42.00 ± 0.00 % | - | - | - |" in ablation.markdown(s)
