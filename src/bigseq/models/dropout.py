@@ -1,9 +1,12 @@
-"""Dropout whose random mask costs a quarter of torch's on CPU.
+"""Dropout with a cheaper random mask than ``nn.Dropout`` on CPU.
 
-``nn.Dropout`` draws one random number per element from the CPU generator (serially, whatever the thread
-count). In a CPU training step of our Transformer that drawing was ~30% of the step's time (py-spy on the
-``small`` preset fine-tuning in bf16). Here each 32-bit draw is cut into two 16-bit halves, each compared
-with a threshold: half the draws, no float conversion, and the comparison and scaling run on every thread.
+``nn.Dropout`` draws one random number per element from the CPU generator. In a CPU fine-tuning step of the
+``small`` Transformer (genre task, bf16 autocast) py-spy put ~30% of the step's time in dropout. Here each
+32-bit draw is cut into two 16-bit halves, each compared with a threshold: half the draws and no float
+conversion. Measured on a 4096 x 256 tensor, 1 thread (medians of 30 alternating calls): 5.9 -> 3.9 ms in
+fp32, 5.7 -> 3.5 ms in bf16; a whole training step of the ``small`` preset (dropout 0.1, bf16 autocast,
+b32 x (64 + 64)) 840 -> 775 ms. (8-bit quarters of a draw were faster still, 3.1 / 2.7 ms, but would round
+p to 1/256: 0.1 would become 0.1016.)
 
 The only difference from ``nn.Dropout``: the drop probability is rounded to a multiple of 1/65536 (0.1 becomes
 0.0999908...), and the kept values are scaled by 1 / (1 - that rounded probability), so the expectation of the
