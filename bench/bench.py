@@ -453,7 +453,9 @@ def section_bf16(p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: i
         for side in ("ours", "hf"):
             rate = r["flops_per_step"] / statistics.median(r[f"{side}_seconds"])
             r[f"{side}_fraction_of_bf16_peak"] = rate / out["matmul"]["flops_per_s"]
-    ours16 = copy.deepcopy(ours).to(torch.bfloat16).eval()
+    from bigseq.speed import quantize
+
+    ours16 = quantize(ours, "bf16")  # what `--quantize bf16` loads
     hf16 = copy.deepcopy(hf).to(torch.bfloat16).eval()
     out["greedy"] = section_gen(p, ours16, hf16, 1, reps, warmup, side="ours bf16")
     out["beam"] = section_gen(p, ours16, hf16, p.beam, reps, warmup, side="ours bf16")

@@ -56,9 +56,9 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--length-penalty", type=float, help="rank finished beams by score / length**alpha")
     g.add_argument("--batch-size", type=int, help="sentences decoded together")
     g.add_argument("--weights", type=Path, help="another weights file of the run (e.g. a snapshot)")
-    g.add_argument("--quantize", choices=["none", "int8"], default="none",
-                   help="int8: linear and GRU layers in int8 for faster CPU inference (outputs may differ "
-                   "slightly from the float model's)")  # fmt: skip
+    g.add_argument("--quantize", choices=["none", "int8", "bf16"], default="none",
+                   help="int8: linear and GRU layers in int8 for faster CPU inference; bf16: all weights in "
+                   "bfloat16 (CPUs with AMX, GPUs). Outputs may differ slightly from the float model's")  # fmt: skip
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (needs a C++ compiler; tens of seconds up front, pays off "
                    "on large inputs only; not with --quantize int8)")  # fmt: skip
