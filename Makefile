@@ -29,7 +29,7 @@ lint: setup
 
 # The founding document's story on Shakespeare (recipes/shakespeare/demo.py): prepare -> pretrain -> fine-tune for
 # genre (understanding) and next line (generation) -> evaluate beside the baselines, samples, commands to try.
-# DEMO_MINUTES of training, about 1.5 minutes more for the rest (under 10 minutes on 2 cores).
+# DEMO_MINUTES of training plus about a minute for the rest (7.7 minutes in all on 2 cores, data prepared).
 demo: demo-shakespeare
 
 demo-shakespeare: setup

@@ -12,7 +12,7 @@ Usage (``make demo`` runs exactly this)::
    copying the input line), and print sample outputs and the commands to try the models.
 
 ``--minutes`` is the training budget, split 4.5 : 1.5 : 1 between pretraining and the two fine-tunings
-(the rest of the run — data, evaluation, baselines — takes about a minute and a half on 2 cores). The
+(the rest of the run — data, evaluation, baselines — takes under a minute on 2 cores once the data is prepared). The
 demo's budget is far below the RESULTS.md runs, so it trains a smaller Transformer than the recipe
 (``DEMO_MODEL``: d_model 128, 2 + 2 layers; at a few minutes of compute a small model learns more than a large
 one), in bf16 autocast where the CPU has bf16 matrix units (Intel AMX). It shows the workflow and gives rough

@@ -107,7 +107,7 @@ def load(
     """Load a run directory (config.yaml, tokenizer.json, model.safetensors); ``weights`` picks another
     weights file (e.g. a snapshot). For faster CPU inference (see :mod:`bigseq.speed`): ``quantize="int8"``
     (linear and GRU layers in int8; outputs may differ slightly from the float model's), ``quantize="bf16"``
-    (all weights in bfloat16: CPUs with AMX, GPUs; the same caveat) or ``compile=True``
+    (all weights in bfloat16: GPUs, and AMX CPUs at batch 16+; the same caveat) or ``compile=True``
     (torch.compile; tens of seconds up front, for large decoding jobs). The two do not combine.
     ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when available); int8 runs on the CPU only."""
     if quantize == "int8" and compile:

@@ -58,7 +58,8 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weights", type=Path, help="another weights file of the run (e.g. a snapshot)")
     g.add_argument("--quantize", choices=["none", "int8", "bf16"], default="none",
                    help="int8: linear and GRU layers in int8 for faster CPU inference; bf16: all weights in "
-                   "bfloat16 (CPUs with AMX, GPUs). Outputs may differ slightly from the float model's")  # fmt: skip
+                   "bfloat16 (GPUs; CPUs with AMX at batch sizes of 16+, not for single inputs). Outputs may "
+                   "differ slightly from the float model's")  # fmt: skip
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model (needs a C++ compiler; tens of seconds up front, pays off "
                    "on large inputs only; not with --quantize int8)")  # fmt: skip

@@ -30,8 +30,9 @@ QUANTIZE_MODES = ("none", "int8", "bf16")
 
 def quantize(model: nn.Module, mode: str) -> nn.Module:
     """A copy of ``model`` for inference with ``mode`` ("none": ``model`` itself; "int8": dynamic int8
-    linear and GRU layers, CPU only; "bf16": every weight in bfloat16, for CPUs with bf16 matrix units
-    (``cpu_bf16_pays``) and GPUs -- half the weight bytes a decoding step reads). ``model`` is left unchanged,
+    linear and GRU layers, CPU only; "bf16": every weight in bfloat16, half the weight bytes a decoding step
+    reads -- for GPUs, and CPUs with AMX at batch 16+: measured there 1.12x fp32 greedy and 1.37x beam 5 at
+    batch 16, but 0.69x / 0.84x at batch 1, bench/RESULTS.md). ``model`` is left unchanged,
     its tied output head included: the int8 copy gets its own int8 head while its float embedding table stays
     as it was."""
     if mode not in QUANTIZE_MODES:
@@ -62,8 +63,8 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
 
 def cpu_bf16_pays() -> bool:
     """True on CPUs with bf16 matrix units (Intel AMX tiles), where ``train.precision=bf16`` autocast trains
-    faster than fp32 (measured 1.4-1.7x tokens/s at the ``small`` Transformer on a Xeon with AMX: its bf16
-    matmul peak is ~9x the fp32 one). Elsewhere bf16 on a CPU is emulated and slower, so it stays opt-in."""
+    faster than fp32 (measured 1.47x and 1.73x tokens/s at the ``small`` Transformer, ``make bench``, on a
+    Xeon with AMX: its bf16 matmul peak is ~5.6x the fp32 one). Elsewhere bf16 on a CPU is emulated and slower, so it stays opt-in."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
     return bool(probe is not None and probe())
 
