@@ -28,7 +28,7 @@ fraction of this machine's measured fp32 matmul peak), ``scaling`` (our step tim
 ``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``), ``bf16`` (both sides
 in bfloat16: training under ``torch.autocast`` with the loss in fp32, generation with bf16 copies of both
 models; with the bf16 matmul peak beside the fp32 one -- on CPUs with bf16 matrix units, Intel AMX, this is
-where CPU training and decoding are fastest).
+where CPU training is fastest, and batched decoding too).
 
 Where the ``ctranslate2`` package is installed, the generation sections have a third side: the same
 ``transformers`` model (its weights as its generation rows use them), converted to CTranslate2 in fp32 and
@@ -39,6 +39,7 @@ Without it the benchmark runs and says "CTranslate2 not installed".
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import importlib
 import json
@@ -445,8 +446,6 @@ def section_bf16(p: Preset, ours: nn.Module, hf: nn.Module, reps: int, warmup: i
     """Both sides in bfloat16: training under autocast (fresh copies of both models, so the fp32 rows'
     models are untouched), then greedy and beam generation with bf16 copies of both; and the bf16 matmul
     peak, which training FLOP/s are set against here."""
-    import copy
-
     out: dict[str, Any] = {"matmul": matmul_peak(p.mm_n, reps, torch.bfloat16)}
     out["train"] = section_train(p, copy.deepcopy(ours), copy.deepcopy(hf), reps, warmup, bf16=True)
     for r in out["train"].values():
@@ -700,7 +699,7 @@ def section_peak(p: Preset, train: dict[str, Any], reps: int) -> dict[str, Any]:
     peak = matmul_peak(p.mm_n, reps)
     out: dict[str, Any] = {"matmul": peak}
     for name, r in train.items():
-        flops = train_flops(p, r["batch"], r["src"], r["tgt"])
+        flops = r["flops_per_step"]  # set by section_train
         out[name] = {"flops_per_step": flops}
         for side in ("ours", "hf"):
             rate = flops / statistics.median(r[f"{side}_seconds"])

@@ -84,7 +84,7 @@ class Attention(nn.Module):
     def project_kv(self, mem: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of the memory (B, S, D) -> 2 x (B, H, S, Dh)."""
         k, v = self.heads(self.kv(mem), 2)
-        return k, v
+        return k, v  # unpacked: the tuple's length is checked here, not at every caller
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
         p = self.dropout if self.training else 0.0

@@ -240,7 +240,7 @@ def fit(
 
     if tc.compile:
         net = compile_for_training(net)  # compiled lazily, at the first step (timed and logged there)
-    amp = _autocast(tc.precision, torch.device(device))
+    amp = _autocast(tc.precision, device)
     data = train_data.epoch(pr.epoch)
 
     def epoch_batches(epoch: int) -> list[np.ndarray]:
