@@ -32,7 +32,8 @@ where CPU training is fastest, and batched decoding too).
 
 Where the ``ctranslate2`` package is installed, the generation sections have a third side: the same
 ``transformers`` model (its weights as its generation rows use them), converted to CTranslate2 in fp32 and
-int8 and paired with ``transformers`` like the other rows (``convert_ct2``, ``section_ct2``; keys ``ct2_*``).
+int8 and paired with ``transformers`` like the other rows, but run in a process of its own (``Ct2Worker``:
+in this one it slowed torch ~2x; ``section_ct2``; keys ``ct2_*``).
 Without it the benchmark runs and says "CTranslate2 not installed".
 """
 
@@ -42,6 +43,7 @@ import argparse
 import copy
 import datetime
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -333,13 +335,17 @@ def gen_fn(model: nn.Module, side: str, p: Preset, b: int, beam: int) -> Callabl
 # --------------------------------------------------------------------------------------------- timing
 
 
-def time_once(f: Callable[[], None]) -> float:
+def time_once(f: Callable[[], float | None]) -> float:
+    """Seconds one call of ``f`` takes. A function that times itself (work done in another process,
+    ``Ct2Worker``) returns its seconds, which are taken instead of the round trip."""
     t0 = time.perf_counter()
-    f()
-    return time.perf_counter() - t0
+    own = f()
+    return own if isinstance(own, float) else time.perf_counter() - t0
 
 
-def paired(fa: Callable[[], None], fb: Callable[[], None], reps: int, warmup: int) -> tuple[list, list]:
+def paired(
+    fa: Callable[[], float | None], fb: Callable[[], float | None], reps: int, warmup: int
+) -> tuple[list, list]:
     """Alternate A,B / B,A repetitions; drop the first ``warmup`` pairs. Returns the two lists of seconds."""
     ta: list[float] = []
     tb: list[float] = []
@@ -493,22 +499,19 @@ def token_names(vocab: int) -> list[str]:
     return ["<pad>", "<s>", "</s>", "<unk>"] + [f"t{i}" for i in range(FIRST_ID, vocab)]
 
 
-def convert_ct2(hf: nn.Module, p: Preset, root: Path) -> dict[str, Path]:
-    """Saves ``hf`` (its current weights) and a tokenizer into ``root/hf`` and converts it with
-    ``ctranslate2.converters.TransformersConverter`` into ``root/<side>`` for each of ``CT2_SIDES``.
+def save_hf_for_ct2(hf: nn.Module, p: Preset, root: Path) -> Path:
+    """Saves ``hf`` (its current weights) and a tokenizer into ``root/hf``, ready for CTranslate2's
+    converter; imports ``transformers`` and ``tokenizers`` only, never ``ctranslate2`` (see ``Ct2Worker``).
 
     The model has no tokenizer, but the converter reads the vocabulary and the special tokens from one:
     a ``tokenizers`` WordLevel tokenizer whose vocabulary is ``token_names`` (token i has id i), wrapped in
     ``transformers.PreTrainedTokenizerFast``, is saved next to the model.
     """
-    import ctranslate2
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
     from transformers import PreTrainedTokenizerFast
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # the converter's from_pretrained would draw bars on stderr
     src = root / "hf"
     hf.save_pretrained(src)
     names = token_names(p.vocab)
@@ -527,6 +530,16 @@ def convert_ct2(hf: nn.Module, p: Preset, root: Path) -> dict[str, Path]:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["normalize_before"] = False
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    return src
+
+
+def convert_ct2(src: Path, root: Path) -> dict[str, Path]:
+    """Converts the saved model ``src`` (``save_hf_for_ct2``) with
+    ``ctranslate2.converters.TransformersConverter`` into ``root/<side>`` for each of ``CT2_SIDES``."""
+    import ctranslate2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the converter's from_pretrained would draw bars on stderr
     out = {}
     for side, quantization in CT2_SIDES.items():
         converter = ctranslate2.converters.TransformersConverter(str(src))
@@ -625,57 +638,145 @@ def check_ct2(p: Preset, hf: nn.Module, translators: dict[str, Any]) -> dict[str
     return out
 
 
-def setup_ct2(p: Preset, hf: nn.Module, threads: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Converts ``hf`` and loads both CTranslate2 models; returns (record for results.json, translators),
-    or (record saying it is not installed, None)."""
-    try:
-        # CTranslate2's OpenMP threads spin after each call by default, taking the cores from the
-        # transformers runs it is paired with; make them sleep at once (Intel OpenMP reads this at load).
-        os.environ.setdefault("KMP_BLOCKTIME", "0")
-        import ctranslate2
-    except ImportError:
-        print("CTranslate2 not installed: no CTranslate2 rows (pip install ctranslate2)", flush=True)
-        return {"installed": False, "note": "CTranslate2 not installed"}, None
+class Ct2Worker:
+    """CTranslate2 in a process of its own, timed on request, so that its rows pair with ``transformers``
+    as fairly as ours do.
+
+    In the benchmark's own process, loading CTranslate2 slowed every torch run after it about 2x
+    (measured 2026-11-29: our greedy b16 5,083 -> 2,370 tokens/s, ``transformers`` beside CT2 1,592 instead
+    of 3,766): two OpenMP runtimes (CTranslate2 ships Intel's, torch uses GNU's) then share the cores of one
+    process. So this process never imports ``ctranslate2``: it saves the ``transformers`` model
+    (``save_hf_for_ct2``), and a child (``bench.py --_ct2 DIR``, ``ct2_worker_main``) converts it, loads both
+    CTranslate2 models, checks them against the saved ``transformers`` model and then, for each request
+    ``SIDE BEAM BATCH`` on its stdin, generates once and answers with the seconds it took. Between requests
+    it waits on a blocking read, with ``KMP_BLOCKTIME=0`` so that its OpenMP threads sleep at once instead
+    of spinning through the ``transformers`` repetitions they alternate with.
+    """
+
+    def __init__(self, p: Preset, preset: str, hf: nn.Module, threads: int) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="bigseq-bench-ct2-")
+        root = Path(self.tmp.name)
+        save_hf_for_ct2(hf, p, root)
+        self.log = root / "worker.log"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_ct2", str(root), "--preset", preset]
+        cmd += ["--threads", str(threads)]
+        with self.log.open("w") as err:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "KMP_BLOCKTIME": "0"},
+            )
+        self.record: dict[str, Any] = json.loads(self._answer())
+
+    def _answer(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=60)
+            tail = self.log.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"CTranslate2 worker exited with {self.proc.returncode}:\n{tail}")
+        return line
+
+    def gen_fn(self, side: str, b: int, beam: int) -> Callable[[], float]:
+        """One generation in the worker, like ``gen_fn``; returns the seconds the worker measured (the
+        request's round trip through the pipes is not counted)."""
+
+        def run() -> float:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(f"{side} {beam} {b}\n")
+            self.proc.stdin.flush()
+            return float(self._answer())
+
+        return run
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.tmp.cleanup()
+
+
+def ct2_worker_main(args: argparse.Namespace) -> None:
+    """The CTranslate2 process of ``Ct2Worker``: convert, load, check, then answer timing requests.
+
+    Protocol lines go to the original stdout only; everything else written to stdout (by the converter or
+    a library, from Python or C) goes to stderr, so it cannot be mistaken for an answer.
+    """
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    import ctranslate2
+    from transformers import BartForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    p = PRESETS[args.preset]
+    torch.set_num_threads(args.threads)  # the check's transformers forward
+    root = Path(args._ct2)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bigseq-bench-ct2-") as tmp:
-        dirs = convert_ct2(hf, p, Path(tmp))
-        seconds = time.perf_counter() - t0
-        # The Translator reads the whole model into memory: the directory may go once they are built.
-        translators = {
-            side: ctranslate2.Translator(str(d), device="cpu", intra_threads=threads, inter_threads=1)
-            for side, d in dirs.items()
-        }
+    dirs = convert_ct2(root / "hf", root)
+    seconds = time.perf_counter() - t0
+    translators = {
+        side: ctranslate2.Translator(str(d), device="cpu", intra_threads=args.threads, inter_threads=1)
+        for side, d in dirs.items()
+    }
     rec: dict[str, Any] = {
         "installed": True,
         "version": ctranslate2.__version__,
         "compute_type": {side: tr.compute_type for side, tr in translators.items()},
-        "intra_threads": threads,
+        "intra_threads": args.threads,
+        "process": "own (Ct2Worker)",
         "conversion": {
             "seconds": seconds,
             "quantization": {side: q or "none" for side, q in CT2_SIDES.items()},
             "config_patch": {"normalize_before": False},
         },
     }
-    rec["check"] = check_ct2(p, hf, translators)
+    rec["check"] = check_ct2(p, BartForConditionalGeneration.from_pretrained(root / "hf"), translators)
+    print(json.dumps(rec), file=proto, flush=True)
+    fns: dict[tuple[str, int, int], Callable[[], None]] = {}
+    for line in sys.stdin:
+        side, beam, b = line.split()
+        key = (side, int(beam), int(b))
+        if key not in fns:
+            fns[key] = ct2_gen_fn(translators[side], p, key[2], key[1])
+        print(repr(time_once(fns[key])), file=proto, flush=True)
+
+
+def setup_ct2(p: Preset, preset: str, hf: nn.Module, threads: int) -> tuple[dict[str, Any], Ct2Worker | None]:
+    """Starts the CTranslate2 worker on ``hf`` as it is now; returns (record for results.json, worker), or
+    (record saying it is not installed, None)."""
+    if importlib.util.find_spec("ctranslate2") is None:  # looked up, not imported (see Ct2Worker)
+        print("CTranslate2 not installed: no CTranslate2 rows (pip install ctranslate2)", flush=True)
+        return {"installed": False, "note": "CTranslate2 not installed"}, None
+    worker = Ct2Worker(p, preset, hf, threads)
+    rec = worker.record
+    rec["imported_in_benchmark_process"] = "ctranslate2" in sys.modules  # must stay False (Ct2Worker)
     diff = rec["check"]["logprob_max_abs_diff"]["ct2"]
     print(
-        f"  CTranslate2 {rec['version']}: converted in {seconds:.1f} s; fp32 log-prob max |diff| {diff:.2g}, "
+        f"  CTranslate2 {rec['version']} (own process): converted in {rec['conversion']['seconds']:.1f} s; "
+        f"fp32 log-prob max |diff| {diff:.2g}, "
         f"greedy token agreement {rec['check']['agreement']['ct2_greedy']['tokens']:.0%}",
         flush=True,
     )
     # The fp32 conversion must compute what transformers computes, else its rows time another model.
-    assert diff <= 1e-3, f"CTranslate2 fp32 log-probabilities differ from transformers' by {diff:.3g}"
-    return rec, translators
+    if diff > 1e-3:
+        worker.close()
+        raise AssertionError(f"CTranslate2 fp32 log-probabilities differ from transformers' by {diff:.3g}")
+    return rec, worker
 
 
 def section_ct2(
-    p: Preset, translator: Any, hf: nn.Module, beam: int, reps: int, warmup: int, side: str
+    p: Preset, worker: Ct2Worker, hf: nn.Module, beam: int, reps: int, warmup: int, side: str
 ) -> dict[str, Any]:
     """CTranslate2 generation paired with transformers (same inputs, same pairing as ``section_gen``);
     ``ratio`` = CTranslate2 / transformers throughput."""
     out = {}
     for b in p.gen_batches:
-        tc, th = paired(ct2_gen_fn(translator, p, b, beam), gen_fn(hf, "hf", p, b, beam), reps, warmup)
+        tc, th = paired(worker.gen_fn(side, b, beam), gen_fn(hf, "hf", p, b, beam), reps, warmup)
         r = compare(b * p.gen_new, tc, th)
         out[f"b{b}"] = {
             "batch": b,
@@ -1011,6 +1112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of " + ",".join(ALL_SECTIONS),
     )
     ap.add_argument("--_side", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    ap.add_argument("--_ct2", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(ALL_SECTIONS)
@@ -1024,6 +1126,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args._side:
         side_main(args)
+        return {}
+    if args._ct2:
+        ct2_worker_main(args)
         return {}
     import transformers
 
@@ -1091,19 +1196,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "gru" in sections:
         res["gru"] = section_gru(p, ours, reps, warmup)
     # CTranslate2: the transformers model as it is now (the weights its generation rows use, i.e. after the
-    # training sections' steps), converted; paired with transformers like the rows above. It runs last:
-    # once loaded, CTranslate2's thread pool slowed every later torch section of the same process ~2x
-    # (measured 2026-11-29: our greedy b16 5,083 -> 2,370 tokens/s), so nothing of ours is timed after it.
+    # training sections' steps), converted and run in a process of its own (Ct2Worker: in this process it
+    # slowed torch ~2x); paired with transformers like the rows above.
     if {"greedy", "beam"} & set(sections):
-        res["ct2"], translators = setup_ct2(p, hf, args.threads)
-        for side, tr in (translators or {}).items():
+        res["ct2"], worker = setup_ct2(p, args.preset, hf, args.threads)
+        for side in CT2_SIDES if worker else ():
             if "greedy" in sections:
-                res[f"{side}_greedy"] = section_ct2(p, tr, hf, 1, reps, warmup, side)
+                res[f"{side}_greedy"] = section_ct2(p, worker, hf, 1, reps, warmup, side)
                 res[f"{side}_greedy_speedup"] = min(r["ratio"] for r in res[f"{side}_greedy"].values())
             if "beam" in sections:
-                res[f"{side}_beam"] = section_ct2(p, tr, hf, p.beam, reps, warmup, side)
+                res[f"{side}_beam"] = section_ct2(p, worker, hf, p.beam, reps, warmup, side)
                 res[f"{side}_beam{p.beam}_speedup"] = min(r["ratio"] for r in res[f"{side}_beam"].values())
-        del translators
+        if worker:
+            worker.close()
     del hf
     if "memory" in sections:
         res["memory"] = section_memory(args)

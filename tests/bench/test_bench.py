@@ -102,6 +102,8 @@ def test_tiny_preset_ctranslate2(tiny_run):
     res, data = tiny_run
     assert "| figure | CTranslate2 | transformers |" in res.stdout
     assert data["ct2"]["installed"] is True and data["ct2"]["version"]
+    # CTranslate2 runs in its own process: loaded into the benchmark's, it slowed the torch sides ~2x.
+    assert data["ct2"]["imported_in_benchmark_process"] is False
     for key in CT2_REQUIRED:
         assert _positive_finite(data[key]), (key, data.get(key))
     for section in ("ct2_greedy", "ct2_beam", "ct2_int8_greedy", "ct2_int8_beam"):
