@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from bigseq.config import QUANTIZE_MODES
 from bigseq.errors import BigseqError
 
 EPILOG = """\
@@ -56,7 +57,7 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--length-penalty", type=float, help="rank finished beams by score / length**alpha")
     g.add_argument("--batch-size", type=int, help="sentences decoded together")
     g.add_argument("--weights", type=Path, help="another weights file of the run (e.g. a snapshot)")
-    g.add_argument("--quantize", choices=["none", "int8", "bf16"], default="none",
+    g.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
                    help="int8: linear and GRU layers in int8 for faster CPU inference; bf16: all weights in "
                    "bfloat16 (GPUs; CPUs with AMX at batch sizes of 16+, not for single inputs). Outputs may "
                    "differ slightly from the float model's")  # fmt: skip

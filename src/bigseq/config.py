@@ -23,6 +23,7 @@ SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 FREEZABLE = ("embeddings", "encoder", "decoder")
 OBJECTIVE_NAMES = ("span", "infill", "prefix")
 METRICS = ("exact_match", "wer", "per", "bleu", "chrf", "accuracy", "macro_f1")
+QUANTIZE_MODES = ("none", "int8", "bf16")  # inference weights (bigseq.speed.quantize); here: no torch import
 
 
 @dataclass

@@ -23,9 +23,8 @@ import warnings
 import torch
 from torch import nn
 
+from bigseq.config import QUANTIZE_MODES
 from bigseq.errors import ConfigError
-
-QUANTIZE_MODES = ("none", "int8", "bf16")
 
 
 def quantize(model: nn.Module, mode: str) -> nn.Module:
