@@ -15,6 +15,8 @@ Both change numbers a little and cost something up front, so neither is on by de
 from __future__ import annotations
 
 import copy
+import ctypes
+import functools
 import os
 import shutil
 import sys
@@ -66,6 +68,29 @@ def cpu_bf16_pays() -> bool:
     Xeon with AMX: its bf16 matmul peak is ~5.6x the fp32 one). Elsewhere bf16 on a CPU is emulated and slower, so it stays opt-in."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
     return bool(probe is not None and probe())
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Linux (glibc): keep freed memory in the process instead of handing it back to the kernel at once.
+
+    A training step frees and re-allocates the same large activation buffers every step; by default glibc
+    serves each one with a fresh ``mmap`` and returns it with ``munmap``, so every step pays the kernel to
+    zero-fill the pages again. Measured on the Shakespeare pretraining (25 steps, bf16, 1 thread): system
+    time 8.0 -> 2.1 s and the loop 34.9 -> 29.0 s; the peak resident memory rose 2.6 -> 3.1 GB, memory
+    the process would have asked for again at the next step. Applied once per process, by the training
+    loop on CPU; returns whether it applied (False on other C libraries, which are left as they are).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc; musl has no mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # Large blocks from the heap, not mmap; keep up to 1 GiB free at its top; grow it 256 MiB at a time.
+    return bool(mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 1 << 30) and mallopt(m_top_pad, 1 << 28))
 
 
 def cxx_compiler() -> str | None:

@@ -87,8 +87,20 @@ class Attention(nn.Module):
         return k, v  # unpacked: the tuple's length is checked here, not at every caller
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool = False) -> Tensor:
+        """q: (B, H, T, Dh), k and v: (B, H, S, Dh), mask: (B, 1, 1 or T, S) bool (True = attend) or None
+        -> (B, T, D)."""
         p = self.dropout if self.training else 0.0
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # torch's CPU bf16 attention kernel (blocks of tiny oneDNN matmuls) ran forward + backward about
+            # 2x slower than its fp32 one at our sizes (B 47, H 4, T 64-100; measured 2026-11-29), which
+            # made bf16 training no faster than fp32: attention runs in fp32 (autocast off: it would cast
+            # back), its inputs and output cast, which costs little beside the projections around it.
+            with torch.autocast("cpu", enabled=False):
+                o = F.scaled_dot_product_attention(
+                    q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p, is_causal=causal
+                ).to(q.dtype)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         b, _, t, _ = o.shape
         return self.out(o.transpose(1, 2).reshape(b, t, self.h * self.dh))
 
