@@ -199,3 +199,32 @@ def test_compiled_decoding_finds_the_eager_outputs():
         out = generate(compiled, src, mask, max_lens, beam=beam)
         assert [h[0].tokens for h in out] == [h[0].tokens for h in ref], beam
         assert [h[0].score for h in out] == pytest.approx([h[0].score for h in ref], abs=1e-4)
+
+
+
+def test_decode_layout_keeps_the_values_and_the_outputs(tmp_path):
+    """The decoding layout changes strides only: the same weights (a tied head still tied), the same logits
+    to float rounding, and weights saved from it load into a plain model unchanged."""
+    import copy
+
+    from bigseq.speed import decode_layout
+    from bigseq.train.checkpoint import load_weights, save_weights
+
+    plain = tiny_model("transformer")
+    fast = decode_layout(copy.deepcopy(plain))
+    linears = [m for m in fast.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(not m.weight.is_contiguous() and m.weight.t().is_contiguous() for m in linears)
+    assert fast.lm_head.weight is fast.tgt_embed.weight
+    for (name, a), b in zip(plain.state_dict().items(), fast.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    src, mask, tgt = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(src, mask, tgt), plain(src, mask, tgt), rtol=1e-5, atol=1e-5)
+    save_weights(fast, tmp_path / "w.safetensors")
+    again = tiny_model("transformer")
+    with torch.no_grad():
+        for w in again.parameters():
+            w.zero_()
+    load_weights(again, tmp_path / "w.safetensors")
+    for (name, a), b in zip(plain.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -125,6 +125,8 @@ def load(
     model = build_model(cfg.model)
     load_weights(model, weights or run_dir / WEIGHTS_FILE)
     model = speed.quantize(model.eval().to(target), quantize)
+    if quantize == "none" and target.type == "cpu":
+        speed.decode_layout(model)  # fp32 linear layers ~1.5x faster at decoding's few rows
     if compile:
         speed.compile_for_inference(model)
     return Seq2SeqRun(run_dir, cfg, toks, model)

@@ -6,6 +6,7 @@ a crash mid-save leaves the previous file intact, never a half-written one.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,6 +48,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 def save_weights(model: nn.Module, path: str | Path) -> None:
     # save_model drops the duplicate names of tied weights and records them; load_model restores the tie.
+    # Its storage checks need contiguous tensors: a model in the decoding layout (bigseq.speed.decode_layout)
+    # is saved from a contiguous copy (deepcopy keeps the ties).
+    if not all(t.is_contiguous() for t in model.state_dict().values()):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            for w in model.parameters():
+                w.data = w.data.contiguous()
     atomic_write(path, lambda tmp: save_model(model, tmp))
 
 

@@ -29,7 +29,7 @@ from bigseq.config import Config, TrainConfig
 from bigseq.data.batching import Batch, PairSet, collate, make_batches
 from bigseq.errors import BigseqError, ConfigError
 from bigseq.models.base import build_model
-from bigseq.speed import compile_for_training, keep_freed_memory
+from bigseq.speed import compile_for_training
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
     STATE_DIR,
@@ -223,8 +223,6 @@ def fit(
     elif tc.activation_checkpointing:
         raise ConfigError(f"train.activation_checkpointing is not supported by the {cfg.model.arch} model")
     device = resolve_device(tc.device, world)
-    if device.type == "cpu":
-        keep_freed_memory()  # glibc would unmap and re-fault the activations' pages every step
     model.to(device)
     # What the steps run: the model itself, its DDP wrapper, or the model sharded in place by FSDP (whose
     # parameters then change type, so the optimizer is built after this).
