@@ -201,7 +201,6 @@ def test_compiled_decoding_finds_the_eager_outputs():
         assert [h[0].score for h in out] == pytest.approx([h[0].score for h in ref], abs=1e-4)
 
 
-
 def test_decode_layout_keeps_the_values_and_the_outputs(tmp_path):
     """The decoding layout changes strides only: the same weights (a tied head still tied), the same logits
     to float rounding, and weights saved from it load into a plain model unchanged."""
