@@ -62,7 +62,7 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
 
 def cpu_bf16_pays() -> bool:
     """True on CPUs with bf16 matrix units (Intel AMX tiles), where ``train.precision=bf16`` autocast trains
-    faster than fp32 (measured 1.47x and 1.73x tokens/s at the ``small`` Transformer, ``make bench``, on a
+    faster than fp32 (measured 1.62x and 1.60x tokens/s at the ``small`` Transformer, ``make bench``, on a
     Xeon with AMX: its bf16 matmul peak is ~5.6x the fp32 one). Elsewhere bf16 on a CPU is emulated and slower, so it stays opt-in."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, hence the guard
     return bool(probe is not None and probe())

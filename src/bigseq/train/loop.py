@@ -132,7 +132,7 @@ class Progress:
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast for the forward pass where it pays: ``auto`` picks it on CUDA devices that support
     bf16 and keeps fp32 elsewhere; ``bf16`` forces it on any device, ``fp32`` never. The loss is always
-    computed in fp32. On CPUs, bf16 pays only with bf16 matrix units (Intel AMX: measured 1.47-1.73x the
+    computed in fp32. On CPUs, bf16 pays only with bf16 matrix units (Intel AMX: measured 1.60-1.62x the
     training tokens/s of fp32, bench/RESULTS.md); without them it is slower, hence opt-in."""
     if precision == "fp32" or (precision == "auto" and not (device.type == "cuda" and _cuda_bf16())):
         return contextlib.nullcontext()
