@@ -73,10 +73,10 @@ def decode_layout(model: nn.Module) -> nn.Module:
     the same values, strides (1, out) -- so the matmul reads it as a plain (in, out) matrix. MKL then
     skips the copy-and-transpose of the whole weight it otherwise makes at each call, which dominates at
     decoding's few rows per step: measured 2026-11-29 (1 thread), 16 rows, 256 -> 8000: 830 -> 557 us;
-    256 -> 768: 56 -> 37 us; 1024 -> 256: 85 -> 45 us; the same at 1 row and for training-sized
-    batches; in bf16 (oneDNN) no gain, so only fp32 weights are changed. In place; returns ``model``.
-    A tied output weight is the embedding table too, whose lookups then read strided rows (a few per step).
-    Saving is unaffected (safetensors writes contiguous copies)."""
+    256 -> 768: 56 -> 37 us; 1024 -> 256: 85 -> 45 us; no change at 1 row (a matrix-vector product) or
+    at training-sized batches; in bf16 (oneDNN) no gain, so only fp32 weights are changed. In place;
+    returns ``model``. A tied output weight is the embedding table too, whose lookups then read strided
+    rows (a few per step). ``save_weights`` saves such a model from a contiguous copy."""
     seen: set[int] = set()
     with torch.no_grad():
         for m in model.modules():

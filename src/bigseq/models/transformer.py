@@ -95,6 +95,8 @@ class Attention(nn.Module):
             # 2x slower than its fp32 one at our sizes (B 47, H 4, T 64-100; measured 2026-11-29), which
             # made bf16 training no faster than fp32: attention runs in fp32 (autocast off: it would cast
             # back), its inputs and output cast, which costs little beside the projections around it.
+            # At length 256 the fp32 kernel costs more than it saves (bench/RESULTS.md): a length threshold
+            # is still to be measured.
             with torch.autocast("cpu", enabled=False):
                 o = F.scaled_dot_product_attention(
                     q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p, is_causal=causal
