@@ -1209,15 +1209,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # slowed torch ~2x); paired with transformers like the rows above.
     if {"greedy", "beam"} & set(sections):
         res["ct2"], worker = setup_ct2(p, args.preset, hf, args.threads)
-        for side in CT2_SIDES if worker else ():
-            if "greedy" in sections:
-                res[f"{side}_greedy"] = section_ct2(p, worker, hf, 1, reps, warmup, side)
-                res[f"{side}_greedy_speedup"] = min(r["ratio"] for r in res[f"{side}_greedy"].values())
-            if "beam" in sections:
-                res[f"{side}_beam"] = section_ct2(p, worker, hf, p.beam, reps, warmup, side)
-                res[f"{side}_beam{p.beam}_speedup"] = min(r["ratio"] for r in res[f"{side}_beam"].values())
-        if worker:
-            worker.close()
+        try:
+            for side in CT2_SIDES if worker else ():
+                if "greedy" in sections:
+                    res[f"{side}_greedy"] = section_ct2(p, worker, hf, 1, reps, warmup, side)
+                    res[f"{side}_greedy_speedup"] = min(r["ratio"] for r in res[f"{side}_greedy"].values())
+                if "beam" in sections:
+                    res[f"{side}_beam"] = section_ct2(p, worker, hf, p.beam, reps, warmup, side)
+                    res[f"{side}_beam{p.beam}_speedup"] = min(
+                        r["ratio"] for r in res[f"{side}_beam"].values()
+                    )
+        finally:  # the worker process and its temporary directory go even if a section fails
+            if worker:
+                worker.close()
     del hf
     if "memory" in sections:
         res["memory"] = section_memory(args)

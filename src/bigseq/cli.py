@@ -241,7 +241,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bigseq {args.verb}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: shut the process group down before the interpreter exits. Left to static destructors,
+    its threads were destroyed while still running ("terminate called without an active exception", a rank
+    aborting with SIGABRT after a finished run: seen in the 2-process test)."""
+    torch = sys.modules.get("torch")  # never import torch just for this
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
