@@ -152,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="config override for every run of both arms (e.g. train.precision=bf16 on CPUs with AMX)",
     )  # fmt: skip
+    parser.add_argument(
+        "--arms", nargs="+", choices=["pretrained", "scratch"], default=["pretrained", "scratch"],
+        help="run only these arms (e.g. a second pretrained run against an ablation's scratch arm)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     args.steps = {
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for task in args.tasks:
         for seed in args.seeds:
-            for arm in ("pretrained", "scratch"):
+            for arm in args.arms:
                 runs.append(run_one(task, arm, seed, args))
                 summary = summarise(runs)
                 tmp = args.out / ".results.json.tmp"

@@ -171,3 +171,18 @@ def test_scaling_script_runs_end_to_end(tmp_path):
         "1 proc x 2 threads",
     ]
     assert result["same_loss"] and result["ddp_scaling_efficiency"] > 0
+
+
+def test_attention_precision_script_runs_end_to_end(tmp_path):
+    """bench/attn_precision.py at two tiny lengths: every row has positive times for both ways."""
+    attn = importlib.util.spec_from_file_location("attn_precision", ROOT / "bench" / "attn_precision.py")
+    module = importlib.util.module_from_spec(attn)
+    attn.loader.exec_module(module)
+    out = tmp_path / "attn.json"
+    module.main(["--threads", "1", "--tokens", "256", "--heads", "2", "--head-dim", "8", "--lengths", "16", "32",
+                 "--reps", "1", "--json", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["T"]) for r in rows] == [
+        ("padding mask", 16), ("padding mask", 32), ("causal", 16), ("causal", 32)
+    ]  # fmt: skip
+    assert all(_positive_finite(r["bf16_ms"]) and _positive_finite(r["fp32_ms"]) for r in rows)

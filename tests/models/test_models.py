@@ -131,3 +131,30 @@ def test_learned_positions_and_too_long_input():
     assert model(src, mask, tgt).shape == (3, 6, 19)
     with pytest.raises(ValueError, match="max_positions"):
         model(torch.randint(4, 23, (1, 9)), torch.ones(1, 9, dtype=torch.bool), tgt[:1])
+
+
+@pytest.mark.parametrize("t", [16, 200])  # either side of BF16_ATTENTION_MIN_LEN: fp32 kernel, bf16 kernel
+def test_bf16_attention_on_cpu_matches_fp32_on_both_sides_of_the_length_threshold(t):
+    from bigseq.models.transformer import BF16_ATTENTION_MIN_LEN, Attention
+
+    assert 16 < BF16_ATTENTION_MIN_LEN <= 200
+    torch.manual_seed(0)
+    attn = Attention(32, 4, 0.0, self_attn=True)
+    x = torch.randn(2, t, 32)
+    mask = torch.ones(2, 1, 1, t, dtype=torch.bool)
+    mask[1, ..., t // 2 :] = False
+
+    def run(dtype):  # as in training: an fp32 residual stream, the projections under autocast
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            q, k, v = attn.heads(attn.qkv(xi), 3)
+            out = attn.attend(q, k, v, mask)
+        out.float().square().sum().backward()
+        return out, xi.grad
+
+    ref, ref_grad = run(torch.float32)
+    out, grad = run(torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: a few percent of the outputs' scale
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (grad.float() - ref_grad).abs().max() < 0.05 * ref_grad.abs().max()

@@ -62,6 +62,14 @@ def sinusoid_table(n: int, d: int) -> Tensor:
     return table
 
 
+# From this query length on, CPU attention under bf16 stays in bf16. torch's CPU flash-attention kernel
+# works in query blocks of 32 rows below length 192 and 64 from there (aten's qSplitSize rule); its bf16
+# path is slower than fp32 with the small blocks and faster with the larger ones: forward + backward at
+# 3,000 tokens per call, fp32 faster by 1.0-1.5x at T 32-128 and slower (0.65-0.81x) at T 192-512
+# (bench/attn_precision.py, 2 threads, 2026-11-29).
+BF16_ATTENTION_MIN_LEN = 192
+
+
 class Attention(nn.Module):
     """Multi-head attention; ``self_attn`` fuses Q, K and V into one projection."""
 
@@ -90,13 +98,11 @@ class Attention(nn.Module):
         """q: (B, H, T, Dh), k and v: (B, H, S, Dh), mask: (B, 1, 1 or T, S) bool (True = attend) or None
         -> (B, T, D)."""
         p = self.dropout if self.training else 0.0
-        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.shape[2] < BF16_ATTENTION_MIN_LEN:
             # torch's CPU bf16 attention kernel (blocks of tiny oneDNN matmuls) ran forward + backward about
             # 2x slower than its fp32 one at our sizes (B 47, H 4, T 64-100; measured 2026-11-29), which
-            # made bf16 training no faster than fp32: attention runs in fp32 (autocast off: it would cast
-            # back), its inputs and output cast, which costs little beside the projections around it.
-            # At length 256 the fp32 kernel costs more than it saves (bench/RESULTS.md): a length threshold
-            # is still to be measured.
+            # made bf16 training no faster than fp32: short attention runs in fp32 (autocast off: it would
+            # cast back), its inputs and output cast, which costs little beside the projections around it.
             with torch.autocast("cpu", enabled=False):
                 o = F.scaled_dot_product_attention(
                     q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p, is_causal=causal
