@@ -655,11 +655,12 @@ class Ct2Worker:
     ``SIDE BEAM BATCH`` on its stdin, generates once and answers with the seconds it took. Between requests
     it waits on a blocking read. Intel's OpenMP keeps its threads spinning for ``KMP_BLOCKTIME`` (200 ms by
     default) after each parallel region, which would steal the cores from the ``transformers`` repetition
-    that follows; ``KMP_BLOCKTIME=0`` avoids that but slows CTranslate2 itself (its threads sleep and wake
-    between every layer: measured 2026-11-29, CT2 fp32 greedy b16 ran at 0.72x ``transformers``, where the
-    issue's reference machine saw 1.4x). So the worker keeps the default block time and waits
-    ``CT2_SETTLE_S`` after each timed generation before it answers: its threads are asleep by the time the
-    next repetition starts, and the wait is not timed.
+    that follows. ``KMP_BLOCKTIME=0`` avoids that but probably slows CTranslate2 itself (threads put to sleep
+    and woken between layers): with it, CT2 fp32 greedy b16 ran at 0.72x ``transformers`` (2026-11-29 09:43),
+    where the issue's reference machine saw 1.4x. So the worker keeps the default block time and waits
+    ``CT2_SETTLE_S`` after each timed generation before it answers (the wait is not timed), so that its
+    threads are asleep when the next repetition starts. Measured with it (12:38): 1.22x — but transformers
+    still ran about 2x slower in the CT2 pairs than in ours, so something still interferes (bench/RESULTS.md).
     """
 
     def __init__(self, p: Preset, preset: str, hf: nn.Module, threads: int) -> None:
