@@ -186,3 +186,14 @@ def test_attention_precision_script_runs_end_to_end(tmp_path):
         ("padding mask", 16), ("padding mask", 32), ("causal", 16), ("causal", 32)
     ]  # fmt: skip
     assert all(_positive_finite(r["bf16_ms"]) and _positive_finite(r["fp32_ms"]) for r in rows)
+
+
+def test_rss_shapes_script_runs_end_to_end():
+    """bench/rss_shapes.py for a few tiny steps: RSS is sampled and positive."""
+    spec = importlib.util.spec_from_file_location("rss_shapes", ROOT / "bench" / "rss_shapes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    seen = module.main(
+        ["--steps", "3", "--threads", "1", "--d-model", "32", "--batch-tokens", "400", "--every", "1"]
+    )
+    assert [s for s, _ in seen] == [0, 1, 2] and all(_positive_finite(r) for _, r in seen)
