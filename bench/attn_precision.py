@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is no package: reach bench.py's timing
+from bench import paired  # noqa: E402  (A,B / B,A alternation, as every bench figure)
 
 
 def step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, fp32: bool) -> None:
@@ -40,16 +44,10 @@ def measure(t: int, tokens: int, heads: int, dh: int, reps: int, causal: bool) -
         keep = torch.ones(b, 1, 1, t, dtype=torch.bool)
         keep[::2, ..., int(t * 0.9) :] = False
         mask = keep
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for fp32 in (False, True):  # warm-up
-        step(q, k, v, mask, fp32)
-    for _ in range(reps):
-        for fp32 in (False, True):
-            t0 = time.perf_counter()
-            step(q, k, v, mask, fp32)
-            times[fp32].append(time.perf_counter() - t0)
-    bf16_ms = statistics.median(times[False]) * 1e3
-    fp32_ms = statistics.median(times[True]) * 1e3
+    bf16_s, fp32_s = paired(
+        lambda: step(q, k, v, mask, False), lambda: step(q, k, v, mask, True), reps, warmup=1
+    )  # fmt: skip
+    bf16_ms, fp32_ms = statistics.median(bf16_s) * 1e3, statistics.median(fp32_s) * 1e3
     return {"T": t, "B": b, "bf16_ms": bf16_ms, "fp32_ms": fp32_ms, "fp32_speedup": bf16_ms / fp32_ms}
 
 

@@ -32,12 +32,17 @@ REQUIRED = (
 )
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bigseq_bench", SCRIPT)
+def _load_script(name: str, module_name: str):
+    """A script of bench/ as a module (bench/ is no package)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "bench" / name)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _load_bench():
+    return _load_script(SCRIPT.name, "bigseq_bench")
 
 
 def _positive_finite(x) -> bool:
@@ -175,9 +180,7 @@ def test_scaling_script_runs_end_to_end(tmp_path):
 
 def test_attention_precision_script_runs_end_to_end(tmp_path):
     """bench/attn_precision.py at two tiny lengths: every row has positive times for both ways."""
-    attn = importlib.util.spec_from_file_location("attn_precision", ROOT / "bench" / "attn_precision.py")
-    module = importlib.util.module_from_spec(attn)
-    attn.loader.exec_module(module)
+    module = _load_script("attn_precision.py", "attn_precision")
     out = tmp_path / "attn.json"
     module.main(["--threads", "1", "--tokens", "256", "--heads", "2", "--head-dim", "8", "--lengths", "16", "32",
                  "--reps", "1", "--json", str(out)])  # fmt: skip
@@ -190,9 +193,7 @@ def test_attention_precision_script_runs_end_to_end(tmp_path):
 
 def test_rss_shapes_script_runs_end_to_end():
     """bench/rss_shapes.py for a few tiny steps: RSS is sampled and positive."""
-    spec = importlib.util.spec_from_file_location("rss_shapes", ROOT / "bench" / "rss_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_script("rss_shapes.py", "rss_shapes")
     seen = module.main(
         ["--steps", "3", "--threads", "1", "--d-model", "32", "--batch-tokens", "400", "--every", "1"]
     )
