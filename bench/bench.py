@@ -218,6 +218,7 @@ class NoEarlyEOS:
 
     def __init__(self, model: nn.Module, steps: int) -> None:
         self.model, self.steps, self.step = model, steps, 0
+        self.beams_share_memory = getattr(model, "beams_share_memory", False)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Any:
         self.step = 0

@@ -6,9 +6,14 @@ RSS grows with the number of shapes seen. Measured 2026-11-29 (the ``small`` Tra
 fixed shape ~970 MiB flat over 150 steps; varying 715 -> 2,702 MiB at step 100 -> 2,880 MiB at 300; varying
 with ``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0`` 1,486 MiB at step 150. The cache pays for its memory: 100 varying
 steps took 82 s (2,658 MiB) with the default capacity, 107 s (2,193 MiB) with 128 and 132 s (1,368 MiB) with 0
-(primitives are JIT-compiled on a miss). Fewer distinct shapes would be the fix, not a smaller cache. Usage::
+(primitives are JIT-compiled on a miss). Fewer distinct shapes are the fix, not a smaller cache: the
+training loop rounds batch lengths up to a grid (``train.length_grid``, 8 steps per doubling). Here, lengths
+40-127 drawn at random, 150 steps, 2026-11-29 14:17 (idle machine): exact lengths 706 -> 2,236 (step 50) ->
+2,621 (100) -> 2,794 MiB (149) in 83.1 s; ``--grid 8`` 697 -> 1,489 -> 1,508 -> 1,519 MiB in 79.0 s. In fp32
+(``--fp32``, MKL, no primitive cache; 100 steps) neither grows: 979 MiB / 81.0 s exact, 1,029 MiB / 71.4 s
+with the grid. Usage::
 
-    .venv/bin/python bench/rss_shapes.py --shapes vary --steps 300
+    .venv/bin/python bench/rss_shapes.py --shapes vary --steps 150 [--grid 8] [--fp32]
     .venv/bin/python bench/rss_shapes.py --shapes fixed --steps 150
     ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 .venv/bin/python bench/rss_shapes.py --shapes vary --steps 150
 """
@@ -16,12 +21,14 @@ steps took 82 s (2,658 MiB) with the default capacity, 107 s (2,193 MiB) with 12
 from __future__ import annotations
 
 import argparse
+import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bigseq.config import ModelConfig
+from bigseq.data.batching import round_length
 from bigseq.models.transformer import Transformer
 
 
@@ -38,6 +45,11 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float]]:
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--batch-tokens", type=int, default=6000)
     ap.add_argument("--every", type=int, default=50, help="print RSS every N steps")
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast (MKL matmuls, no primitive cache)")
+    ap.add_argument(
+        "--grid", type=int, default=0, metavar="N",
+        help="round each length up to a grid of N steps per doubling, as train.length_grid does (0: exact)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = ModelConfig(d_model=args.d_model, d_ff=4 * args.d_model, src_vocab_size=8000, tgt_vocab_size=8000)
@@ -45,13 +57,15 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float]]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(0)
     seen = []
+    start = time.perf_counter()
     for step in range(args.steps):
         # source length T, target T/2, batch rows filling the token budget: like a length-bucketed batch
         t = int(rng.integers(40, 128)) if args.shapes == "vary" else 100
+        t = round_length(t, args.grid)
         b = max(1, args.batch_tokens // (2 * t))
         src = torch.randint(3, 8000, (b, t))
         tgt = torch.randint(3, 8000, (b, t // 2))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not args.fp32):
             logits = model(src, torch.ones(b, t, dtype=torch.bool), tgt)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten())
         opt.zero_grad()
@@ -59,7 +73,8 @@ def main(argv: list[str] | None = None) -> list[tuple[int, float]]:
         opt.step()
         if step % args.every == 0 or step == args.steps - 1:
             seen.append((step, rss_mib()))
-            print(f"step {step}: RSS {seen[-1][1]:,.0f} MiB", flush=True)
+            took = time.perf_counter() - start
+            print(f"step {step}: RSS {seen[-1][1]:,.0f} MiB, {took:.1f} s", flush=True)
     return seen
 
 

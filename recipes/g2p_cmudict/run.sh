@@ -11,7 +11,7 @@ mkdir -p $R/runs
 $B/pip install -q phonetisaurus && $B/python $R/phonetisaurus_baseline.py --data $R/data | tee $R/runs/phonetisaurus.json
 for arch in transformer gru; do
   $B/bigseq train --config $R/$arch.yaml --train $R/data/train.jsonl --valid $R/data/valid.jsonl \
-    --out $R/runs/$arch --max-minutes "$MINUTES"
+    --out $R/runs/$arch --max-minutes "$MINUTES" --set train.length_grid=0  # as measured (RESULTS.md)
   for snap in $R/runs/$arch/snapshots/*.safetensors; do
     for beam in 1 5; do
       echo "$arch $(basename "$snap" .safetensors) beam=$beam $($B/bigseq evaluate $R/runs/$arch --weights "$snap" \

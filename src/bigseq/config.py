@@ -107,6 +107,10 @@ class TrainConfig:
     max_steps: int = 10000
     max_minutes: float | None = None
     batch_tokens: int = 4096  # (source + target) tokens per micro-batch, padding included
+    # Batch lengths are padded up to a grid of this many steps per doubling (8: ..., 64, 72, 80, ..., 128, 144,
+    # ...; exact up to 16; at most 1/8 padding): fewer distinct shapes, so fewer kernels to build and cache
+    # (bf16 on CPU: over 1 GB less memory, bench/rss_shapes.py). 0 = exact lengths.
+    length_grid: int = 8
     grad_accum: int = 1
     lr: float = 1e-3
     warmup_steps: int = 1000
@@ -145,6 +149,8 @@ class TrainConfig:
         _choice("train.metric", self.metric, ("loss", *METRICS))
         for name in ("max_steps", "batch_tokens", "grad_accum", "eval_every", "log_every", "max_bad_steps"):
             _positive(f"train.{name}", getattr(self, name))
+        if self.length_grid < 0:
+            raise ConfigError(f"train.length_grid must be >= 0 (0 = exact lengths), got {self.length_grid}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:

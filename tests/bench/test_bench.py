@@ -195,6 +195,19 @@ def test_rss_shapes_script_runs_end_to_end():
     """bench/rss_shapes.py for a few tiny steps: RSS is sampled and positive."""
     module = _load_script("rss_shapes.py", "rss_shapes")
     seen = module.main(
-        ["--steps", "3", "--threads", "1", "--d-model", "32", "--batch-tokens", "400", "--every", "1"]
+        [
+            "--steps",
+            "3",
+            "--threads",
+            "1",
+            "--d-model",
+            "32",
+            "--batch-tokens",
+            "400",
+            "--every",
+            "1",
+            "--grid",
+            "8",
+        ]
     )
     assert [s for s, _ in seen] == [0, 1, 2] and all(_positive_finite(r) for _, r in seen)

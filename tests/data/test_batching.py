@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches
+from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches, padded_widths, round_length
 from bigseq.data.readers import Example
 from bigseq.tokenizer import BOS, EOS, PAD, build_tokenizers
 
@@ -50,6 +50,41 @@ def test_collate_shifts_targets_and_masks_padding():
     assert b.tgt_out.tolist() == [[9, 10, EOS], [11, EOS, PAD]]
     assert b.n_target_tokens == 5 and b.n_tokens == 9
     assert b.src.dtype == torch.long
+
+
+def test_length_grid_rounds_lengths_and_keeps_the_budget():
+    src, tgt = _lengths()
+    batches = make_batches(src, tgt, 600, np.random.default_rng(1), length_grid=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    data = PairSet(src=[[5] * n for n in src], tgt=[[BOS, *[9] * (n - 2), EOS] for n in tgt])
+    widths = set()
+    for idx in batches:
+        b = collate(data, idx, length_grid=4)
+        s_w, t_w = b.src.shape[1], b.tgt_in.shape[1]
+        longest_s, longest_t = max(src[i] for i in idx), max(tgt[i] for i in idx) - 1
+        assert s_w == round_length(longest_s, 4) and t_w == round_length(longest_t, 4)
+        assert longest_s <= s_w <= longest_s * 1.25 and longest_t <= t_w <= longest_t * 1.25
+        # nothing cut, padding masked and ignored as usual
+        assert b.n_target_tokens == sum(tgt[i] - 1 for i in idx)
+        assert int(b.src_mask.sum()) == sum(src[i] for i in idx)
+        assert len(idx) * (s_w + t_w + 1) <= 600 or len(idx) == 1
+        widths.add((s_w, t_w))
+    unrounded = make_batches(src, tgt, 600, np.random.default_rng(1))
+    plain = {(b.src.shape[1], b.tgt_in.shape[1]) for b in (collate(data, i) for i in unrounded)}
+    assert len(widths) < len(plain)  # the point: fewer distinct shapes
+
+
+def test_round_length_grid():
+    got = [round_length(n, 8) for n in (1, 9, 16, 17, 19, 33, 64, 65, 100, 128, 129, 257)]
+    assert got == [1, 9, 16, 18, 20, 36, 64, 72, 104, 128, 144, 288]
+    assert round_length(np.array([17, 65]), 8).tolist() == [18, 72] and round_length(17, 0) == 17
+    # at most 1/grid of padding, at most grid distinct lengths per doubling
+    lengths = np.arange(1, 1025)
+    rounded = round_length(lengths, 8)
+    assert (rounded >= lengths).all() and (rounded <= lengths * 1.125).all()
+    assert len(set(rounded[(lengths > 512)].tolist())) == 8
+    # a 1-token label (BOS label EOS: decoder length 2) keeps its width
+    assert padded_widths(17, 3, 8) == (18, 3) and padded_widths(17, 3, 0) == (17, 3)
 
 
 def test_too_long_pairs_truncated_or_dropped_and_counted():

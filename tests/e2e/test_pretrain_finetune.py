@@ -85,8 +85,10 @@ def test_finetune_learns_a_classification_task(pretrained, tmp_path, capsys):
     run, train, valid = pretrained
     out = tmp_path / "cls"
     args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--out", str(out)]
-    args += ["--max-steps", "200", *FAST, "--set", "train.lr=3e-3", "--set", "train.warmup_steps=10"]
-    args += ["--set", "train.eval_every=100", "--set", "train.metric=accuracy"]
+    # 300 steps: at 200 the valid accuracy was still 0.92-0.97 depending on seed and batching (measured over
+    # seeds 1-3 with exact and grid-rounded batch lengths); at 300 it was 0.98-1.0 in all six runs
+    args += ["--max-steps", "300", *FAST, "--set", "train.lr=3e-3", "--set", "train.warmup_steps=10"]
+    args += ["--set", "train.eval_every=150", "--set", "train.metric=accuracy"]
     assert main(args) == 0
     cfg = Config.load(out / "config.yaml")
     assert cfg.data.labels == ["bird", "fish", "mammal"] and cfg.train.init == str(run.resolve())

@@ -81,18 +81,26 @@ def test_transformer_cache_grows_beyond_initial_capacity():
     torch.testing.assert_close(torch.cat(steps, 1), model(src, mask, tgt), atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("arch", "shared"), [("transformer", False), ("transformer", True), ("gru", False)])
 @torch.no_grad()
-def test_beam_reorder_keeps_each_beams_own_history(arch):
+def test_beam_reorder_keeps_each_beams_own_history(arch, shared):
     """Beam search reorders the cache every step (rows taken from beams of the same input). Decoding after
     several reorders - one across the cache growing past its capacity - must equal a full forward pass of
-    each row's reordered token history."""
+    each row's reordered token history. ``shared``: the memory holds each input once and its k beams read
+    it together (``beams_share_memory``), as beam search gives it to the Transformer."""
     model = tiny_model(arch).eval()
-    src, mask, _ = _batch()
+    assert getattr(model, "beams_share_memory", False) == (arch == "transformer")
+    src, mask, _ = _batch()  # row 1 has padding: the shared mask must follow the rows too
     k = 3  # beams per input: rows 3i .. 3i+2 belong to input i
     expand = torch.arange(3).repeat_interleave(k)
+    memory = model.encode(src, mask) if shared else model.encode(src[expand], mask[expand])
     src, mask = src[expand], mask[expand]
-    memory = model.encode(src, mask)
+    if shared:  # a whole prefix at once (several query positions per beam) reads the memory alike
+        prefix = torch.randint(4, 19, (9, 4))
+        prefix[:, 0] = BOS
+        torch.testing.assert_close(
+            model.decode(prefix, memory)[0], model(src, mask, prefix), atol=1e-5, rtol=1e-4
+        )
     g = torch.Generator().manual_seed(5)
     hist = torch.full((9, 1), BOS)
     cache, logits = None, None

@@ -117,7 +117,9 @@ def test_early_stopping_and_accumulation(tmp_path):
     pairs = [json.loads(line) for line in train.read_text().splitlines()]
     src_lens = [len(p["source"]) for p in pairs]
     tgt_lens = [len(p["target"]) + 2 for p in pairs]
-    batches = make_batches(src_lens, tgt_lens, 1000, np.random.default_rng([cfg.train.seed, 0]))
+    batches = make_batches(
+        src_lens, tgt_lens, 1000, np.random.default_rng([cfg.train.seed, 0]), cfg.train.length_grid
+    )
     expected = sum(src_lens[i] + tgt_lens[i] - 1 for b in batches[:4] for i in b)
     assert rows[0]["tokens"] == expected
 

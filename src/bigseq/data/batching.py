@@ -73,16 +73,49 @@ def encode_pairs(
     )
 
 
+def round_length(n: int | np.ndarray, grid: int) -> int | np.ndarray:
+    """A length ``n`` padded up to the next point of a grid with ``grid`` steps per doubling: lengths up to
+    ``2 * grid`` stay exact, then (grid 8) 18, 20, ... 32, 36, 40, ... 64, 72, 80, ... 128, 144, ...; at
+    most 1/grid of padding. 0 = exact lengths.
+
+    Why: every distinct batch shape costs a compiled kernel somewhere -- under bf16 on the CPU one oneDNN
+    primitive per matmul shape, kept in a cache of up to 1,024 entries, which grew a training's resident
+    memory by over 1 GB (bench/rss_shapes.py) -- and the grid bounds the number of lengths by ``grid`` per
+    doubling. A fixed multiple would pad short sequences by up to 80% (a 9-token word to 16).
+    """
+    if grid <= 0:
+        return n
+    a = np.asarray(n)
+    step = np.maximum(1, 2 ** np.floor(np.log2(np.maximum(a - 1, 1))).astype(np.int64) // grid)
+    out = np.where(a > 2 * grid, -(-a // step) * step, a)
+    return int(out) if np.isscalar(n) or isinstance(n, int) else out
+
+
+def padded_widths(max_src: int, max_tgt: int, grid: int = 0) -> tuple[int, int]:
+    """The (source, target) tensor widths of a batch whose longest source has ``max_src`` ids and longest
+    target ``max_tgt`` (BOS ... EOS): the decoder's length, ``max_tgt - 1``, is what gets rounded."""
+    return int(round_length(max_src, grid)), int(round_length(max_tgt - 1, grid)) + 1
+
+
 def make_batches(
-    src_lens: Sequence[int], tgt_lens: Sequence[int], batch_tokens: int, rng: np.random.Generator | None
+    src_lens: Sequence[int],
+    tgt_lens: Sequence[int],
+    batch_tokens: int,
+    rng: np.random.Generator | None,
+    length_grid: int = 0,
 ) -> list[np.ndarray]:
     """Group example indices into length-bucketed batches of at most ``batch_tokens`` padded tokens.
 
     With ``rng``, ties in length are broken at random and the batch order is shuffled; without it the
-    order is fixed (sorted by length), which is what evaluation wants.
+    order is fixed (sorted by length), which is what evaluation wants. ``length_grid``: the lengths are
+    counted as ``collate`` with the same value pads them (``round_length``).
     """
     n = len(src_lens)
     src_a, tgt_a = np.asarray(src_lens), np.asarray(tgt_lens)
+    if length_grid > 0:
+        # Bucketing by the rounded lengths: a batch then fills its padded width with as many rows as fit.
+        src_a = round_length(src_a, length_grid)
+        tgt_a = round_length(tgt_a - 1, length_grid) + 1
     perm = rng.permutation(n) if rng is not None else np.arange(n)
     # lexsort sorts by the last key first: by source length, then target length, then the random order.
     order = perm[np.lexsort((tgt_a[perm], src_a[perm]))]
@@ -101,9 +134,10 @@ def make_batches(
     return batches
 
 
-def pad(seqs: Sequence[Sequence[int]], min_len: int = 1) -> Tensor:
-    """Right-pad id lists into a (B, L) long tensor."""
-    width = max(min_len, max((len(s) for s in seqs), default=0))
+def pad(seqs: Sequence[Sequence[int]], min_len: int = 1, width: int | None = None) -> Tensor:
+    """Right-pad id lists into a (B, L) long tensor; L = ``width`` if given, else the longest (>= min_len)."""
+    if width is None:
+        width = max(min_len, max((len(s) for s in seqs), default=0))
     out = torch.full((len(seqs), width), PAD, dtype=torch.long)
     for i, s in enumerate(seqs):
         out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
@@ -137,7 +171,10 @@ class Batch:
         return int(self.src_mask.sum()) + self.n_target_tokens
 
 
-def collate(data: PairSet, idx: Sequence[int]) -> Batch:
-    src = pad([data.src[i] for i in idx])
-    tgt = pad([data.tgt[i] for i in idx], min_len=2)
+def collate(data: PairSet, idx: Sequence[int], length_grid: int = 0) -> Batch:
+    """The batch of examples ``idx``; with ``length_grid`` > 0 its source and decoder lengths are rounded
+    up (``round_length``), padding with PAD as usual."""
+    srcs, tgts = [data.src[i] for i in idx], [data.tgt[i] for i in idx]
+    s_w, t_w = padded_widths(max([1, *map(len, srcs)]), max([2, *map(len, tgts)]), length_grid)
+    src, tgt = pad(srcs, width=s_w), pad(tgts, width=t_w)
     return Batch(src=src, src_mask=src != PAD, tgt_in=tgt[:, :-1], tgt_out=tgt[:, 1:])

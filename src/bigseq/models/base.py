@@ -11,6 +11,10 @@ Every model is an ``nn.Module`` with three methods:
 Search never looks inside ``Memory`` or ``Cache``: it only reorders them along the batch dimension with
 ``select`` (expanding a batch to several beams, dropping finished rows) and ``reorder`` (beam search's
 per-step reordering among the beams of each input).
+
+A model whose class sets ``beams_share_memory = True`` also decodes ``g`` rows per memory row (``tgt`` with
+``g * b`` rows, rows ``i * g ... i * g + g - 1`` reading memory row ``i``), so beam search gives it the memory
+of each input once instead of a copy per beam.
 """
 
 from __future__ import annotations

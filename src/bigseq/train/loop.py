@@ -245,7 +245,7 @@ def fit(
 
     def epoch_batches(epoch: int) -> list[np.ndarray]:
         lens = [len(s) for s in data.src], [len(t) for t in data.tgt]
-        return make_batches(*lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]))
+        return make_batches(*lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]), tc.length_grid)
 
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
@@ -291,7 +291,7 @@ def fit(
                 mine = pr.pos + world.rank
                 micro.append(
                     (
-                        collate(data, batches[mine if mine < len(batches) else 0]).to(device),
+                        collate(data, batches[mine if mine < len(batches) else 0], tc.length_grid).to(device),
                         float(mine < len(batches)),
                     )
                 )
