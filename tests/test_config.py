@@ -56,3 +56,21 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
         Config.load(bad)
     with pytest.raises(ConfigError, match="model must be a mapping"):
         from_dict({"model": 3})
+
+
+def test_a_run_config_without_a_newer_key_loads_with_the_value_it_ran_with(tmp_path):
+    """train.length_grid came after the first runs: their config.yaml lacks it and they padded to the
+    longest example, so loading one (to resume it) gives 0, not today's default."""
+    import yaml
+
+    from bigseq.api import _saved
+
+    data = Config().to_dict()
+    assert data["train"]["length_grid"] == 8
+    del data["train"]["length_grid"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert Config.load(tmp_path / "config.yaml").train.length_grid == 0
+    # resuming keeps the saved value whatever the command says now; other train settings follow the command
+    now = apply_overrides(Config(), ["train.length_grid=16", "train.max_steps=7"])
+    resumed = _saved(now, tmp_path)
+    assert resumed.train.length_grid == 0 and resumed.train.max_steps == 7

@@ -147,10 +147,14 @@ def _resumed(cfg: Config, out: Path) -> Config:
 
 
 def _saved(cfg: Config, out: Path) -> Config:
-    """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run); train /
+    """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), and the
+    saved ``train.length_grid`` (it shapes the batches, so the data position resumes exactly); other train /
     search settings as given now (e.g. a longer --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
-    return replace(cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics)
+    train = replace(cfg.train, length_grid=saved.train.length_grid)
+    return replace(
+        cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics, train=train
+    )
 
 
 def _join(world: World, out: Path, cfg: Config, resume: bool) -> tuple[Config, TokenizerPair]:

@@ -269,7 +269,12 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        return from_dict(read_yaml(path)).validate()
+        """A run directory's config.yaml, which lists every key. A key added after the run was written takes
+        the value that reproduces how the run ran, not today's default (so a resumed old run stays exact)."""
+        data = read_yaml(path)
+        if isinstance(data.get("train"), dict):
+            data["train"].setdefault("length_grid", 0)  # runs before the grid padded to the longest example
+        return from_dict(data).validate()
 
 
 # Model sizes by name. "tiny" is for tests and smoke runs; the rest follow common seq2seq practice.

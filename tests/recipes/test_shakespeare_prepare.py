@@ -157,6 +157,13 @@ def test_outputs(tmp_path):
         "train",
         "test",
     ]
+    # --valid-per-genre 2: two valid plays only where a genre has at least 5 training plays
+    names = [f"a/{i}.md" for i in range(7)] + [f"b/{i}.md" for i in range(4)]
+    assert prep.play_splits(names, 2) == [
+        *["test", "valid", "valid", "train", "train", "test", "train"],  # a: 5 training plays
+        *["valid", "train", "train", "test"],  # b: 3 training plays (b/3 is index 10: held out)
+    ]
+    assert prep.play_splits(names, 1) == prep.play_splits(names)
     lines = {"b-two": 17 + 1 + 9, "c-three": 17 + 2 + 9, "d-four": 17 + 3 + 9, "e-five": 17 + 4 + 9}
     assert len(rows["nextline_valid"]) == lines["b-two"] - 2 + lines["d-four"] - 2
     assert len(rows["nextline_train"]) == lines["c-three"] - 2 + lines["e-five"] - 2
