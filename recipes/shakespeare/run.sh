@@ -38,3 +38,9 @@ $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data --out $R/runs/genre
   --set train.lora_rank=16 --set train.lr=0.001
 $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data --out $R/runs/genre-freeze-emb --tasks genre \
   --seeds 1 --arms pretrained --genre-steps 1000 --set "train.precision=$PRECISION" --set "$BATCHES" --set "train.freeze=[embeddings]"
+# A validation set of 2 plays per genre where a genre has 5+ training plays (RESULTS.md, "Validation on more
+# plays"); pretrained arm only, with the current default batches (length grid 8).
+$PY $R/prepare.py --out $R/data-v2 --valid-per-genre 2
+$PY $R/baselines.py --data $R/data-v2 --json $R/runs/baselines-v2.json
+$PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data-v2 --out $R/runs/ablation-v2 --tasks genre \
+  --arms pretrained --seeds 1 2 3 --genre-steps 1000 --set "train.precision=$PRECISION"
