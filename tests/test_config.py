@@ -63,14 +63,19 @@ def test_a_run_config_without_a_newer_key_loads_with_the_value_it_ran_with(tmp_p
     longest example, so loading one (to resume it) gives 0, not today's default."""
     import yaml
 
-    from bigseq.api import _saved
+    from bigseq.api import STATE_DIR, _resumed
 
     data = Config().to_dict()
     assert data["train"]["length_grid"] == 8
     del data["train"]["length_grid"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     assert Config.load(tmp_path / "config.yaml").train.length_grid == 0
-    # resuming keeps the saved value whatever the command says now; other train settings follow the command
-    now = apply_overrides(Config(), ["train.length_grid=16", "train.max_steps=7"])
-    resumed = _saved(now, tmp_path)
-    assert resumed.train.length_grid == 0 and resumed.train.max_steps == 7
+    # resuming keeps the saved batch-order settings whatever the command says now, and says so; other train
+    # settings follow the command
+    (tmp_path / STATE_DIR).mkdir()
+    (tmp_path / STATE_DIR / "state.pt").write_bytes(b"")
+    now = apply_overrides(Config(), ["train.length_grid=16", "train.max_steps=7", "train.seed=5"])
+    said = []
+    resumed = _resumed(now, tmp_path, said.append)
+    assert (resumed.train.length_grid, resumed.train.seed, resumed.train.max_steps) == (0, 1, 7)
+    assert len(said) == 2 and "train.seed=1" in said[1] and "asked for 5" in said[1]

@@ -139,19 +139,32 @@ def _new_run_dir(out: Path) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
-def _resumed(cfg: Config, out: Path) -> Config:
-    """The config to continue ``out`` with (see :func:`_saved`); there must be a train state."""
+# The train settings that decide which examples form each batch and in what order: a resumed run keeps the
+# saved ones, or its data position would point into a different list of batches (examples skipped or repeated).
+BATCH_ORDER_KEYS = ("batch_tokens", "length_grid", "seed")
+
+
+def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
+    """The config to continue ``out`` with (see :func:`_saved`); there must be a train state. Says so when
+    the command asked for other batch-order settings than the run started with (the saved ones win)."""
     if not (out / STATE_DIR / "state.pt").is_file():
         raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)")
-    return _saved(cfg, out)
+    resumed = _saved(cfg, out)
+    for key in BATCH_ORDER_KEYS:
+        asked, kept = getattr(cfg.train, key), getattr(resumed.train, key)
+        if asked != kept:
+            log(
+                f"resume: keeping train.{key}={kept} of the run (asked for {asked}): it fixes the batch order"
+            )
+    return resumed
 
 
 def _saved(cfg: Config, out: Path) -> Config:
     """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), and the
-    saved ``train.length_grid`` (it shapes the batches, so the data position resumes exactly); other train /
-    search settings as given now (e.g. a longer --max-steps)."""
+    saved batch-order settings (``BATCH_ORDER_KEYS``); other train / search settings as given now (e.g. a
+    longer --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
-    train = replace(cfg.train, length_grid=saved.train.length_grid)
+    train = replace(cfg.train, **{key: getattr(saved.train, key) for key in BATCH_ORDER_KEYS})
     return replace(
         cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics, train=train
     )
@@ -237,7 +250,9 @@ def train(
     out = Path(out_dir)
     world = setup()
     log = _quiet_unless_main(world, log)
-    cfg = _resumed(cfg, out) if resume else cfg  # first: the saved data settings say how to read the data
+    cfg = (
+        _resumed(cfg, out, log) if resume else cfg
+    )  # first: the saved data settings say how to read the data
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
     if not resume and world.is_main:
         _new_run_dir(out)
@@ -326,7 +341,9 @@ def finetune(
     init, out = Path(init_dir), Path(out_dir)
     world = setup()
     log = _quiet_unless_main(world, log)
-    cfg = _resumed(cfg, out) if resume else cfg  # first: the saved data settings say how to read the data
+    cfg = (
+        _resumed(cfg, out, log) if resume else cfg
+    )  # first: the saved data settings say how to read the data
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
     if not resume and world.is_main:
         if not (init / CONFIG_FILE).is_file():
@@ -394,7 +411,7 @@ def pretrain(
     log = _quiet_unless_main(world, log)
     files = resolve_inputs(texts)
     if resume:
-        cfg = _resumed(cfg, out)
+        cfg = _resumed(cfg, out, log)
     elif world.is_main:
         _new_run_dir(out)
         d = cfg.data
