@@ -660,8 +660,9 @@ class Ct2Worker:
     and woken between layers): with it, CT2 fp32 greedy b16 ran at 0.72x ``transformers`` (2026-11-29 09:43),
     where the issue's reference machine saw 1.4x. So the worker keeps the default block time and waits
     ``CT2_SETTLE_S`` after each timed generation before it answers (the wait is not timed), so that its
-    threads are asleep when the next repetition starts. Measured with it (12:38): 1.22x — but transformers
-    still ran about 2x slower in the CT2 pairs than in ours, so something still interferes (bench/RESULTS.md).
+    threads are asleep when the next repetition starts. With it, at batch 16 transformers ran as fast in the
+    CT2 pairs as in ours (13:17, 14:45) and CT2 fp32 greedy measured 0.76-0.77x; once (12:38) transformers ran
+    2x slower in the CT2 pairs, and batch-1 pairs stay unstable (bench/RESULTS.md).
     """
 
     def __init__(self, p: Preset, preset: str, hf: nn.Module, threads: int) -> None:

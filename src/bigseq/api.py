@@ -250,9 +250,8 @@ def train(
     out = Path(out_dir)
     world = setup()
     log = _quiet_unless_main(world, log)
-    cfg = (
-        _resumed(cfg, out, log) if resume else cfg
-    )  # first: the saved data settings say how to read the data
+    # first: the saved data settings say how to read the data
+    cfg = _resumed(cfg, out, log) if resume else cfg
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
     if not resume and world.is_main:
         _new_run_dir(out)
@@ -341,9 +340,8 @@ def finetune(
     init, out = Path(init_dir), Path(out_dir)
     world = setup()
     log = _quiet_unless_main(world, log)
-    cfg = (
-        _resumed(cfg, out, log) if resume else cfg
-    )  # first: the saved data settings say how to read the data
+    # first: the saved data settings say how to read the data
+    cfg = _resumed(cfg, out, log) if resume else cfg
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
     if not resume and world.is_main:
         if not (init / CONFIG_FILE).is_file():

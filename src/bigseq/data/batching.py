@@ -88,13 +88,16 @@ def round_length(n: int | np.ndarray, grid: int) -> int | np.ndarray:
     a = np.asarray(n)
     step = np.maximum(1, 2 ** np.floor(np.log2(np.maximum(a - 1, 1))).astype(np.int64) // grid)
     out = np.where(a > 2 * grid, -(-a // step) * step, a)
-    return int(out) if np.isscalar(n) or isinstance(n, int) else out
+    return int(out) if np.isscalar(n) else out
 
 
-def padded_widths(max_src: int, max_tgt: int, grid: int = 0) -> tuple[int, int]:
-    """The (source, target) tensor widths of a batch whose longest source has ``max_src`` ids and longest
-    target ``max_tgt`` (BOS ... EOS): the decoder's length, ``max_tgt - 1``, is what gets rounded."""
-    return int(round_length(max_src, grid)), int(round_length(max_tgt - 1, grid)) + 1
+def padded_widths(
+    src_len: int | np.ndarray, tgt_len: int | np.ndarray, grid: int = 0
+) -> tuple[int | np.ndarray, int | np.ndarray]:
+    """The (source, target) tensor widths that a source of ``src_len`` ids and a target of ``tgt_len`` ids
+    (BOS ... EOS) are padded to: the decoder's length, ``tgt_len - 1``, is what gets rounded. Ints or
+    arrays of lengths."""
+    return round_length(src_len, grid), round_length(tgt_len - 1, grid) + 1
 
 
 def make_batches(
@@ -112,10 +115,8 @@ def make_batches(
     """
     n = len(src_lens)
     src_a, tgt_a = np.asarray(src_lens), np.asarray(tgt_lens)
-    if length_grid > 0:
-        # Bucketing by the rounded lengths: a batch then fills its padded width with as many rows as fit.
-        src_a = round_length(src_a, length_grid)
-        tgt_a = round_length(tgt_a - 1, length_grid) + 1
+    # Bucketing by the padded lengths: a batch then fills its padded width with as many rows as fit.
+    src_a, tgt_a = padded_widths(src_a, tgt_a, length_grid)
     perm = rng.permutation(n) if rng is not None else np.arange(n)
     # lexsort sorts by the last key first: by source length, then target length, then the random order.
     order = perm[np.lexsort((tgt_a[perm], src_a[perm]))]
