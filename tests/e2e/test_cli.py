@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from bigseq.cli import main
-from helpers import write_reverse_task
+from helpers import state_weights, write_reverse_task
 
 CHAR = ["--set", "data.src_tokenizer=char", "--set", "data.tgt_tokenizer=char"]
 FAST = ["--set", "train.warmup_steps=50", "--set", "train.lr=3e-3", "--set", "train.batch_tokens=2000"]
@@ -87,8 +87,8 @@ def test_resume_reaches_the_same_weights(tmp_path, reverse_task):
     _train(train, valid, tmp_path / "straight", "transformer", 60, *common)
     _train(train, valid, tmp_path / "resumed", "transformer", 20, *common)
     _train(train, valid, tmp_path / "resumed", "transformer", 60, "--resume", *common)
-    a = load_file(tmp_path / "straight/train_state/last.safetensors")
-    b = load_file(tmp_path / "resumed/train_state/last.safetensors")
+    a = load_file(state_weights(tmp_path / "straight"))
+    b = load_file(state_weights(tmp_path / "resumed"))
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a), "resumed run diverged from the uninterrupted one"
 
@@ -186,3 +186,18 @@ def test_damaged_run_directory_fails_clearly(
     assert main(["generate", str(run)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("damaged", ["state", "weights"])
+def test_resume_from_a_damaged_train_state_fails_clearly(tmp_path, reverse_task, capsys, damaged):
+    train, valid = reverse_task
+    run = tmp_path / "run"
+    _train(train, valid, run, "transformer", 3)
+    path = run / "train_state/state.pt" if damaged == "state" else state_weights(run)
+    path.write_bytes(path.read_bytes()[:-50])  # truncated, as by a full disk or a bad copy
+    capsys.readouterr()
+    args = ["train", "--train", str(train), "--valid", str(valid), "--out", str(run), "--arch", "transformer"]
+    assert main([*args, "--preset", "tiny", "--max-steps", "6", "--quiet", *CHAR, *FAST, "--resume"]) == 2
+    err = capsys.readouterr().err
+    expected = "cannot load train state" if damaged == "state" else "cannot load weights"
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bigseq import api
 from bigseq.cli import main
 from bigseq.config import Config
+from helpers import state_weights
 
 ANIMALS = {"cat": "mammal", "dog": "mammal", "horse": "mammal", "cow": "mammal", "owl": "bird",
            "crow": "bird", "duck": "bird", "trout": "fish", "eel": "fish"}  # fmt: skip
@@ -68,6 +70,21 @@ def test_pretrain_writes_a_run_and_reuses_its_shards(pretrained, tmp_path):
     args += ["--shards", str(run / "shards"), "--objective", "infill", *FAST]
     assert main(args) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (run / "shards").iterdir()} == before
+
+
+def test_pretrain_without_validation_publishes_the_latest_weights(pretrained, tmp_path, capsys):
+    run, _, _ = pretrained
+    out = tmp_path / "noval"
+    args = ["pretrain", "--text", str(run.parent / "corpus.txt"), "--out", str(out), "--preset", "tiny"]
+    args += ["--max-steps", "4", "--tokenizer", str(run / "tokenizer.json"), "--shards", str(run / "shards")]
+    args += [*FAST, "--set", "pretrain.valid_windows=0", "--set", "train.eval_every=2"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_step"] == 4 and summary["best_value"] is None and summary["tokens_per_second"] > 0
+    assert "no validation data: weights of step 4 -> " in capsys.readouterr().err
+    model = api.load(out).model  # the published weights are the last step's, the same as the train state's
+    state = load_file(state_weights(out))
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if k in state)
 
 
 def test_finetune_starts_from_exactly_the_pretrained_weights(pretrained):
@@ -159,11 +176,9 @@ def test_readme_pretrain_commands_run(tmp_path):
 
 
 def _same_weights(a: Path, b: Path) -> None:
-    from safetensors.torch import load_file
-
     x, y = (
-        load_file(a / "train_state" / "last.safetensors"),
-        load_file(b / "train_state" / "last.safetensors"),
+        load_file(state_weights(a)),
+        load_file(state_weights(b)),
     )
     assert x.keys() == y.keys()
     assert all(torch.equal(x[k], y[k]) for k in x), "the resumed run diverged from the uninterrupted one"

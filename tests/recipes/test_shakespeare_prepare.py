@@ -177,6 +177,28 @@ def test_outputs(tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_train_stride_overlaps_train_windows_only(tmp_path):
+    plays = make_plays(tmp_path)
+    base, strided = tmp_path / "base", tmp_path / "strided"
+    prep.main(["--plays", str(plays), "--out", str(base)])
+    prep.main(["--plays", str(plays), "--out", str(strided), "--train-stride", "2"])
+    for name in ("genre_valid.jsonl", "genre_test.jsonl", "nextline_train.jsonl"):
+        assert (strided / name).read_bytes() == (base / name).read_bytes()
+    assert (strided / "corpus").iterdir() and [p.read_bytes() for p in sorted((strided / "corpus").iterdir())] == [
+        p.read_bytes() for p in sorted((base / "corpus").iterdir())
+    ]
+    rows = [json.loads(x) for x in (strided / "genre_train.jsonl").read_text().splitlines()]
+    # train plays c-three (scenes of 19 and 9 lines) and e-five (21 and 9): windows start at 0, 2, ..., <= n - 8
+    assert len(rows) == (6 + 1) + (7 + 1)
+    assert rows[1]["source"].startswith("ALPHA: c-three-I 2 BETA: c-three-I 3")
+    assert rows[5]["source"].endswith("c-three-I 17") and rows[6]["source"].startswith("ALPHA: c-three-II 0")
+    base_rows = [json.loads(x) for x in (base / "genre_train.jsonl").read_text().splitlines()]
+    assert [r for r in rows if r in base_rows] == base_rows  # every non-overlapping window is still there
+    assert json.loads((strided / "stats.json").read_text())["genre_train_stride"] == 2
+    with pytest.raises(SystemExit, match="--train-stride"):
+        prep.main(["--plays", str(plays), "--out", str(strided), "--train-stride", "9"])
+
+
 def test_every_kth():
     assert prep.every_kth(list(range(10)), cap=4) == ([0, 3, 6, 9], 3)
     assert prep.every_kth(list(range(3)), cap=4) == ([0, 1, 2], 1)

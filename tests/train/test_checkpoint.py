@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bigseq.errors import BigseqError
+from bigseq.train import checkpoint as ckpt
 from bigseq.train.checkpoint import atomic_write, load_state, load_weights, save_state, save_weights
 from helpers import tiny_model
 
@@ -59,3 +60,52 @@ def test_state_refuses_pickled_code(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(BigseqError, match="cannot load train state"):
         load_state(path)
+
+
+def test_a_crash_between_the_train_state_writes_keeps_the_previous_pair(tmp_path, monkeypatch):
+    """The weights are written before state.pt; a crash between the two must leave the previous weights
+    *and* the previous optimizer state/progress, never new weights paired with an old state."""
+    old, new = tiny_model("transformer"), tiny_model("transformer")
+    with torch.no_grad():
+        for p in new.parameters():
+            p.add_(1.0)
+    ckpt.save_train_state(tmp_path, old, {"progress": {"step": 10}}, 10)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(state, path):
+        raise Killed
+
+    monkeypatch.setattr(ckpt, "save_state", killed)
+    with pytest.raises(Killed):
+        ckpt.save_train_state(tmp_path, new, {"progress": {"step": 20}}, 20)
+    assert (tmp_path / "weights-000000020.safetensors").is_file()  # the new weights were written ...
+    monkeypatch.undo()
+    back = tiny_model("transformer")
+    with torch.no_grad():
+        for p in back.parameters():
+            p.zero_()
+    state = ckpt.load_train_state(tmp_path, back)  # ... but the committed state still names the old ones
+    assert state == {"progress": {"step": 10}}
+    for (name, p), q in zip(old.state_dict().items(), back.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # the next good save commits its own pair and removes the stray files of the killed one
+    (tmp_path / ".state.pt.abc.tmp").write_bytes(b"partial")
+    ckpt.save_train_state(tmp_path, new, {"progress": {"step": 30}}, 30)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt", "weights-000000030.safetensors"]
+    ckpt.load_train_state(tmp_path, back)
+    assert all(torch.equal(p, q) for p, q in zip(new.parameters(), back.parameters(), strict=True))
+
+
+def test_a_train_state_naming_a_file_elsewhere_is_refused(tmp_path):
+    model = tiny_model("transformer")
+    save_weights(model, tmp_path / "elsewhere.safetensors")
+    (tmp_path / "run").mkdir()
+    save_state({"weights": "../elsewhere.safetensors"}, tmp_path / "run" / "state.pt")
+    with pytest.raises(BigseqError, match="names no valid weights file"):
+        ckpt.load_train_state(tmp_path / "run", model)
+    # a state written before the weights file was named per step loads its last.safetensors
+    save_state({"progress": {"step": 5}}, tmp_path / "run" / "state.pt")
+    save_weights(model, tmp_path / "run" / "last.safetensors")
+    assert ckpt.load_train_state(tmp_path / "run", tiny_model("transformer")) == {"progress": {"step": 5}}

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import bigseq.api
 from bigseq.cli import main
 from bigseq.train.distributed import World
 from helpers import tiny_model
@@ -103,9 +104,33 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
 
+    def saved_bytes(flag):
+        """Bytes the forward keeps for the backward: checkpointed layers keep their inputs only."""
+        total = [0]
 
-def test_bf16_and_checkpointing_train_through_the_cli(tmp_path, reverse_task):
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        model.grad_checkpointing = flag
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(src, src != 0, tgt).square().mean()
+        return total[0]
+
+    assert saved_bytes(True) < 0.5 * saved_bytes(False), "checkpointing did not reduce what the forward keeps"
+
+
+def test_bf16_and_checkpointing_train_through_the_cli(tmp_path, reverse_task, monkeypatch):
     train, valid = reverse_task
+    dtypes = set()  # of the output projection's results in training steps: bf16 under autocast
+    build = bigseq.api.build_model
+
+    def build_and_watch(mcfg):
+        model = build(mcfg)
+        model.lm_head.register_forward_hook(lambda m, a, out: dtypes.add(out.dtype) if m.training else None)
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_and_watch)
     run = tmp_path / "bf16"
     args = [
         "train",
@@ -123,6 +148,7 @@ def test_bf16_and_checkpointing_train_through_the_cli(tmp_path, reverse_task):
     assert main(args) == 0
     losses = [r["valid_loss"] for r in records(run)]
     assert all(map(lambda x: x == x and x < 10, losses)) and losses[-1] < losses[0]
+    assert dtypes == {torch.bfloat16}
 
 
 def test_activation_checkpointing_refused_for_the_gru(tmp_path, reverse_task, capsys):

@@ -10,14 +10,15 @@ import time
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import bigseq.api
 from bigseq.config import Config, apply_overrides, apply_preset
 from bigseq.data.batching import make_batches
 from bigseq.models.base import build_model
-from bigseq.train.checkpoint import load_state, load_weights
+from bigseq.train.checkpoint import load_state, load_train_state, load_weights
 from bigseq.train.loop import TrainingError
-from helpers import write_reverse_task
+from helpers import state_weights, write_reverse_task
 
 
 def _cfg(*overrides):
@@ -68,6 +69,31 @@ def test_non_finite_steps_are_skipped(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in snaps[-1].values())
 
 
+def test_a_non_finite_gradient_with_a_finite_loss_is_skipped_and_logged(tmp_path, monkeypatch, capsys):
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    build, backward_calls, weights = bigseq.api.build_model, {"n": 0}, []
+
+    def build_with_bad_gradient(mcfg):
+        model = build(mcfg)
+        p = next(model.parameters())
+
+        def hook(grad):  # the third backward gets an infinite gradient; the loss itself stays finite
+            backward_calls["n"] += 1
+            weights.append(p.detach().clone())
+            return grad * float("inf") if backward_calls["n"] == 3 else grad
+
+        p.register_hook(hook)
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_with_bad_gradient)
+    summary = bigseq.api.train(_cfg("train.max_steps=5"), train, valid, tmp_path / "run", progress=True,
+                               log=lambda *a: None)  # fmt: skip
+    assert summary.steps == 5 and backward_calls["n"] == 6
+    assert torch.equal(weights[2], weights[3])  # the update of the bad gradient was not applied
+    assert not torch.equal(weights[3], weights[4])
+    assert "step 3: non-finite loss or gradient, update skipped (1 in a row)" in capsys.readouterr().err
+
+
 def test_persistent_nan_stops_with_a_clear_message(tmp_path, monkeypatch):
     train, valid = write_reverse_task(tmp_path, 300, 20)
     _inject_nan(monkeypatch, lambda i: i >= 2)
@@ -100,6 +126,40 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["step"] == stopped_at + 5
+
+
+def test_ctrl_c_between_evaluations_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) at step 5 of 10, far from any evaluation: the checkpoint it saves resumes to the same
+    weights as an uninterrupted run (dropout on, so the RNG state must come back too)."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    build, calls = bigseq.api.build_model, {"n": 0}
+
+    def build_with_ctrl_c(mcfg):
+        model = build(mcfg)
+
+        def hook(module, args, out):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == 5:
+                    signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 5
+            return out
+
+        model.register_forward_hook(hook)
+        return model
+
+    def cfg():
+        return _cfg("train.max_steps=10", "train.eval_every=100", "model.dropout=0.1")
+
+    quiet = {"progress": False, "log": lambda *a: None}
+    bigseq.api.train(cfg(), train, valid, tmp_path / "straight", **quiet)
+    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+    stopped = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", **quiet)
+    assert stopped.steps == 5 and stopped.stopped_by.startswith("SIGINT; checkpoint saved")
+    monkeypatch.undo()
+    resumed = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", resume=True, **quiet)
+    assert resumed.steps == 10
+    a, b = (load_file(state_weights(tmp_path / name)) for name in ("straight", "stopped"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
 
 
 def test_early_stopping_and_accumulation(tmp_path):
@@ -149,5 +209,6 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
         assert step > last_step, "the killed run saved nothing new, or resume went backwards"
         last_step = step
         cfg = Config.load(run / "config.yaml")
-        load_weights(build_model(cfg.model), run / "train_state/last.safetensors")
+        st = load_train_state(run / "train_state", build_model(cfg.model))  # the weights its state.pt names
+        assert st["progress"]["step"] == step
         load_weights(build_model(cfg.model), run / "model.safetensors")

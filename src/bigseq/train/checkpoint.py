@@ -2,6 +2,11 @@
 
 Every write goes to a temporary file in the same directory, is fsync'ed, then renamed over the target:
 a crash mid-save leaves the previous file intact, never a half-written one.
+
+The train state (``train_state/``) is two files that must belong to the same step: the weights
+(``weights-STEP.safetensors``) and ``state.pt`` (optimizer, RNG, progress), which names its weights file.
+``state.pt`` is written last and is the commit point: a crash between the two writes leaves the previous
+``state.pt`` and the weights it names, so a resume never pairs new weights with an old optimizer state.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from bigseq.errors import BigseqError
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_DIR = "train_state"
+STATE_FILE = "state.pt"
+# The weights file of train states written before the weights file was named per step.
+LEGACY_STATE_WEIGHTS = "last.safetensors"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -89,3 +97,28 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file, say so plainly
         raise BigseqError(f"{path}: cannot load train state (corrupt or tampered?): {e}") from None
+
+
+def save_train_state(state_dir: str | Path, model: nn.Module, state: dict[str, Any], step: int) -> None:
+    """Write the weights of ``step``, then ``state.pt`` naming them (the commit point), then remove the
+    weights of earlier states and temporary files a killed save left behind."""
+    state_dir = Path(state_dir)
+    name = f"weights-{step:09d}.safetensors"
+    save_weights(model, state_dir / name)
+    save_state({**state, "weights": name}, state_dir / STATE_FILE)
+    for p in state_dir.iterdir():
+        old_weights = p.name.startswith("weights-") and p.suffix == ".safetensors" and p.name != name
+        if old_weights or p.name == LEGACY_STATE_WEIGHTS or (p.name.startswith(".") and p.suffix == ".tmp"):
+            p.unlink(missing_ok=True)
+
+
+def load_train_state(state_dir: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Load the weights ``state.pt`` names into ``model``; returns the rest of the state."""
+    state_dir = Path(state_dir)
+    state = load_state(state_dir / STATE_FILE)
+    name = state.pop("weights", LEGACY_STATE_WEIGHTS)
+    # A name is a plain file in this folder: a tampered state.pt must not point anywhere else.
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise BigseqError(f"{state_dir / STATE_FILE}: names no valid weights file ({name!r}); corrupt or tampered?")
+    load_weights(model, state_dir / name)
+    return state

@@ -191,15 +191,3 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: di
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
-
-
-def rank_batches(n_batches: int, pos: int, world: World) -> int | None:
-    """Index of this rank's batch in round ``pos`` of an epoch of ``n_batches``, or None when the epoch has
-    no batch left for it (it then runs a zero-weight step)."""
-    i = pos * world.size + world.rank
-    return i if i < n_batches else None
-
-
-def rounds(n_batches: int, world: World) -> int:
-    """Rounds (one batch per rank each) needed to use every batch of an epoch once."""
-    return -(-n_batches // world.size)

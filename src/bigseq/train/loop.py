@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,14 +31,7 @@ from bigseq.errors import BigseqError, ConfigError
 from bigseq.models.base import build_model
 from bigseq.speed import compile_for_training
 from bigseq.tokenizer import PAD
-from bigseq.train.checkpoint import (
-    STATE_DIR,
-    WEIGHTS_FILE,
-    load_state,
-    load_weights,
-    save_state,
-    save_weights,
-)
+from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_train_state, save_train_state, save_weights
 from bigseq.train.distributed import (
     full_model,
     full_optimizer_state,
@@ -71,11 +64,20 @@ class Summary:
     def tokens_per_second(self) -> float:
         return self.tokens / max(self.seconds, 1e-9)
 
+    def as_dict(self) -> dict[str, Any]:
+        """The fields and tokens/s (what ``summary.json`` holds; no best value without validation: null)."""
+        best = self.best_value if math.isfinite(self.best_value) else None
+        return {**asdict(self), "best_value": best, "tokens_per_second": round(self.tokens_per_second, 1)}
+
     def __str__(self) -> str:
+        best = (
+            f"best {self.best_metric}={self.best_value:.4g} at step {self.best_step}"
+            if math.isfinite(self.best_value)
+            else f"no validation data: weights of step {self.best_step}"
+        )
         return (
             f"done ({self.stopped_by}): {self.steps} steps, {self.tokens:,} tokens in {self.seconds / 60:.1f} min "
-            f"({self.tokens_per_second:,.0f} tokens/s); best {self.best_metric}={self.best_value:.4g} "
-            f"at step {self.best_step} -> {self.best_path}"
+            f"({self.tokens_per_second:,.0f} tokens/s); {best} -> {self.best_path}"
         )
 
 
@@ -216,8 +218,7 @@ def fit(
     pr = Progress()
     st = None
     if resume:
-        load_weights(model, out / STATE_DIR / "last.safetensors")  # before sharding: every rank loads all
-        st = load_state(out / STATE_DIR / "state.pt")
+        st = load_train_state(out / STATE_DIR, model)  # before sharding: every rank loads all
     if hasattr(model, "grad_checkpointing"):
         model.grad_checkpointing = tc.activation_checkpointing
     elif tc.activation_checkpointing:
@@ -252,9 +253,8 @@ def fit(
         full, optim_state = plain(), full_optimizer_state(model, opt)  # collectives: every rank takes part
         if not is_main:
             return
-        save_weights(full, out / STATE_DIR / "last.safetensors")
         state = {"optimizer": optim_state, "rng": torch.get_rng_state(), "progress": asdict(pr)}
-        save_state(state, out / STATE_DIR / "state.pt")
+        save_train_state(out / STATE_DIR, full, state, pr.step)
 
     batches = epoch_batches(pr.epoch)
     budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
@@ -404,9 +404,13 @@ def fit(
             result = world.share(validate(full) if is_main else None)
             model.train()
             value = result[metric]
-            improved = sign * value < pr.best
+            # Nothing to validate on (e.g. pretrain.valid_windows=0): the latest weights are published.
+            unvalidated = result.get("n") == 0
+            improved = unvalidated or sign * value < pr.best
             if improved:
-                pr.best, pr.best_step, pr.bad_evals = sign * value, step, 0
+                pr.best_step, pr.bad_evals = step, 0
+                if not unvalidated:
+                    pr.best = sign * value
                 if is_main:
                     save_weights(export(full), out / WEIGHTS_FILE)
             else:
@@ -445,7 +449,7 @@ def fit(
         tokens=pr.tokens,
         seconds=time.perf_counter() - t0,
         best_metric=metric,
-        best_value=sign * pr.best,
+        best_value=sign * pr.best if math.isfinite(pr.best) else math.nan,
         best_step=pr.best_step,
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
