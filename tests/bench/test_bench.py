@@ -218,7 +218,9 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     Both runs complete (a failed run is recorded with its error) and their loss curves are compared."""
     module = _load_script("gpu_check.py", "gpu_check")
     out = tmp_path / "gpu.json"
-    module.main(["--device", "cpu", "--steps", "6", "--preset", "tiny", "--batch-tokens", "800", "--out", str(out)])
+    module.main(
+        ["--device", "cpu", "--steps", "6", "--preset", "tiny", "--batch-tokens", "800", "--out", str(out)]
+    )
     result = json.loads(out.read_text())
     assert set(result["runs"]) == {"fp32", "bf16"}
     assert all("error" not in r and r["tokens_per_s"] > 0 for r in result["runs"].values()), result["runs"]

@@ -184,9 +184,9 @@ def test_train_stride_overlaps_train_windows_only(tmp_path):
     prep.main(["--plays", str(plays), "--out", str(strided), "--train-stride", "2"])
     for name in ("genre_valid.jsonl", "genre_test.jsonl", "nextline_train.jsonl"):
         assert (strided / name).read_bytes() == (base / name).read_bytes()
-    assert (strided / "corpus").iterdir() and [p.read_bytes() for p in sorted((strided / "corpus").iterdir())] == [
-        p.read_bytes() for p in sorted((base / "corpus").iterdir())
-    ]
+    assert (strided / "corpus").iterdir() and [
+        p.read_bytes() for p in sorted((strided / "corpus").iterdir())
+    ] == [p.read_bytes() for p in sorted((base / "corpus").iterdir())]
     rows = [json.loads(x) for x in (strided / "genre_train.jsonl").read_text().splitlines()]
     # train plays c-three (scenes of 19 and 9 lines) and e-five (21 and 9): windows start at 0, 2, ..., <= n - 8
     assert len(rows) == (6 + 1) + (7 + 1)

@@ -119,6 +119,8 @@ def load_train_state(state_dir: str | Path, model: nn.Module) -> dict[str, Any]:
     name = state.pop("weights", LEGACY_STATE_WEIGHTS)
     # A name is a plain file in this folder: a tampered state.pt must not point anywhere else.
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
-        raise BigseqError(f"{state_dir / STATE_FILE}: names no valid weights file ({name!r}); corrupt or tampered?")
+        raise BigseqError(
+            f"{state_dir / STATE_FILE}: names no valid weights file ({name!r}); corrupt or tampered?"
+        )
     load_weights(model, state_dir / name)
     return state
