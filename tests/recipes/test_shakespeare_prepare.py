@@ -199,6 +199,23 @@ def test_train_stride_overlaps_train_windows_only(tmp_path):
         prep.main(["--plays", str(plays), "--out", str(strided), "--train-stride", "9"])
 
 
+def test_no_speakers_drops_names_from_genre_windows_only(tmp_path):
+    plays = make_plays(tmp_path)
+    base, bare = tmp_path / "base", tmp_path / "bare"
+    prep.main(["--plays", str(plays), "--out", str(base)])
+    prep.main(["--plays", str(plays), "--out", str(bare), "--no-speakers"])
+    for split in ("train", "valid", "test"):
+        named = [json.loads(x) for x in (base / f"genre_{split}.jsonl").read_text().splitlines()]
+        plain = [json.loads(x) for x in (bare / f"genre_{split}.jsonl").read_text().splitlines()]
+        assert [r["target"] for r in plain] == [r["target"] for r in named]
+        for a, b in zip(named, plain, strict=True):
+            assert b["source"] == re.sub(r"(ALPHA|BETA): ", "", a["source"]) and "ALPHA" not in b["source"]
+        assert (bare / f"nextline_{split}.jsonl").read_bytes() == (
+            base / f"nextline_{split}.jsonl"
+        ).read_bytes()
+    assert json.loads((bare / "stats.json").read_text())["genre_speakers"] is False
+
+
 def test_every_kth():
     assert prep.every_kth(list(range(10)), cap=4) == ([0, 3, 6, 9], 3)
     assert prep.every_kth(list(range(3)), cap=4) == ([0, 1, 2], 1)
