@@ -39,6 +39,11 @@ def test_preset_then_overrides():
         (["search.n_best=3"], "search.n_best (3) cannot exceed search.beam (1)"),
         (["metrics=[bleu, rouge]"], "metrics[] must be one of"),
         (["nonsense"], "--set expects KEY=VALUE"),
+        (
+            ["model.max_positions=100", "data.max_tgt_len=99"],
+            "data.max_src_len = 256 exceeds model.max_positions",
+        ),
+        (["model.max_positions=100", "data.max_src_len=99"], "data.max_tgt_len + 1 (BOS) = 257 exceeds"),
     ],
 )
 def test_invalid_values_name_the_field(overrides, message):

@@ -1,5 +1,6 @@
 """Closed label sets: detection, label scoring that matches per-pair scoring, answers never outside the set."""
 
+import pytest
 import torch
 
 from bigseq.data.readers import Example
@@ -36,3 +37,38 @@ def test_score_candidates_matches_scoring_each_pair():
         for j in range(3):
             want = score_targets(model, src[i : i + 1], mask[i : i + 1], cands[j : j + 1])
             torch.testing.assert_close(got[i, j], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_translate_gives_the_same_answers_with_and_without_the_length_grid(monkeypatch):
+    """Sources padded up to the length grid (fewer distinct shapes) decode to the same outputs and scores."""
+    import random
+
+    import bigseq.evaluation
+    from bigseq.config import SearchConfig
+    from bigseq.data.batching import round_length
+    from bigseq.evaluation import translate
+
+    widths, generate = [], bigseq.evaluation.generate
+
+    def watched(model, src, *args, **kwargs):
+        widths.append(src.shape[1])
+        return generate(model, src, *args, **kwargs)
+
+    monkeypatch.setattr(bigseq.evaluation, "generate", watched)
+    from bigseq.tokenizer import Tokenizer, TokenizerPair
+
+    rng = random.Random(0)
+    sources = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(17, 60))) for _ in range(12)]
+    tok = Tokenizer.train(sources, "char", 100)
+    model = tiny_model("transformer", src_vocab_size=tok.vocab_size, tgt_vocab_size=tok.vocab_size)
+    toks = TokenizerPair(tok, tok, shared=True)
+    for beam in (1, 3):
+        search = SearchConfig(beam=beam, n_best=beam, batch_size=5, max_len_a=0.0, max_len_b=12)
+        exact = translate(model, toks, sources, search, 100, length_grid=0)
+        exact_widths, widths[:] = list(widths), []
+        grid = translate(model, toks, sources, search, 100, length_grid=8)
+        assert widths == [round_length(w, 8) for w in exact_widths] and widths != exact_widths
+        widths.clear()
+        assert [[t for t, _ in hs] for hs in grid] == [[t for t, _ in hs] for hs in exact]
+        for a, b in zip(exact, grid, strict=True):
+            assert [s for _, s in b] == pytest.approx([s for _, s in a], abs=1e-4)

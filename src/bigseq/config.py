@@ -254,6 +254,13 @@ class Config:
                 f"train.compile supports model.arch=transformer only (got {self.model.arch!r}): torch.compile "
                 "does not trace nn.GRU, so it would compile around the recurrence and gain nothing"
             )
+        longest = {
+            "data.max_src_len": self.data.max_src_len,
+            "data.max_tgt_len + 1 (BOS)": self.data.max_tgt_len + 1,
+        }
+        for name, n in longest.items():
+            if self.model.arch == "transformer" and n > self.model.max_positions:
+                raise ConfigError(f"{name} = {n} exceeds model.max_positions = {self.model.max_positions}")
         for m in self.metrics:
             _choice("metrics[]", m, METRICS)
         # accuracy / macro_f1 join the metrics by themselves once the training targets form a label set.

@@ -211,6 +211,8 @@ def test_rss_shapes_script_runs_end_to_end():
         ]
     )
     assert [s for s, _ in seen] == [0, 1, 2] and all(_positive_finite(r) for _, r in seen)
+    decoded = module.main(["--decode", "--steps", "2", "--threads", "1", "--d-model", "32", "--every", "1"])
+    assert [s for s, _ in decoded] == [0, 1] and all(_positive_finite(r) for _, r in decoded)
 
 
 def test_gpu_check_script_runs_on_cpu(tmp_path):

@@ -85,6 +85,15 @@ def test_round_length_grid():
     assert len(set(rounded[(lengths > 512)].tolist())) == 8
     # a 1-token label (BOS label EOS: decoder length 2) keeps its width
     assert padded_widths(17, 3, 8) == (18, 3) and padded_widths(17, 3, 0) == (17, 3)
+    # never past the model's positions (37 -> 40 would not fit in 38); a length already past them is kept
+    assert round_length(37, 8, max_width=38) == 38 and round_length(np.array([37, 45]), 8, 38).tolist() == [
+        38,
+        45,
+    ]
+    assert padded_widths(37, 38, 8, max_width=38) == (38, 39)  # decoder length 37 -> 38 positions, + EOS
+    data = PairSet(src=[[5] * 37, [5] * 30], tgt=[[1, *[6] * 36, 2], [1, 6, 2]])
+    b = collate(data, [0, 1], length_grid=8, max_width=38)
+    assert b.src.shape[1] == 38 and b.tgt_in.shape[1] == 38
 
 
 def test_too_long_pairs_truncated_or_dropped_and_counted():

@@ -73,10 +73,15 @@ def encode_pairs(
     )
 
 
-def round_length(n: int | np.ndarray, grid: int) -> int | np.ndarray:
+# The grid training (``train.length_grid``'s default) and inference (translate, evaluation) batches use.
+DEFAULT_LENGTH_GRID = 8
+
+
+def round_length(n: int | np.ndarray, grid: int, max_width: int | None = None) -> int | np.ndarray:
     """A length ``n`` padded up to the next point of a grid with ``grid`` steps per doubling: lengths up to
     ``2 * grid`` stay exact, then (grid 8) 18, 20, ... 32, 36, 40, ... 64, 72, 80, ... 128, 144, ...; at
-    most 1/grid of padding. 0 = exact lengths.
+    most 1/grid of padding. 0 = exact lengths. ``max_width`` (the model's ``max_positions``): rounding never
+    goes past it (a length already past it is left as it is).
 
     Why: every distinct batch shape costs a compiled kernel somewhere -- under bf16 on the CPU one oneDNN
     primitive per matmul shape, kept in a cache of up to 1,024 entries, which grew a training's resident
@@ -88,16 +93,18 @@ def round_length(n: int | np.ndarray, grid: int) -> int | np.ndarray:
     a = np.asarray(n)
     step = np.maximum(1, 2 ** np.floor(np.log2(np.maximum(a - 1, 1))).astype(np.int64) // grid)
     out = np.where(a > 2 * grid, -(-a // step) * step, a)
+    if max_width is not None:
+        out = np.maximum(np.minimum(out, max_width), a)
     return int(out) if np.isscalar(n) else out
 
 
 def padded_widths(
-    src_len: int | np.ndarray, tgt_len: int | np.ndarray, grid: int = 0
+    src_len: int | np.ndarray, tgt_len: int | np.ndarray, grid: int = 0, max_width: int | None = None
 ) -> tuple[int | np.ndarray, int | np.ndarray]:
     """The (source, target) tensor widths that a source of ``src_len`` ids and a target of ``tgt_len`` ids
     (BOS ... EOS) are padded to: the decoder's length, ``tgt_len - 1``, is what gets rounded. Ints or
-    arrays of lengths."""
-    return round_length(src_len, grid), round_length(tgt_len - 1, grid) + 1
+    arrays of lengths; ``max_width``: see ``round_length``."""
+    return round_length(src_len, grid, max_width), round_length(tgt_len - 1, grid, max_width) + 1
 
 
 def make_batches(
@@ -106,17 +113,18 @@ def make_batches(
     batch_tokens: int,
     rng: np.random.Generator | None,
     length_grid: int = 0,
+    max_width: int | None = None,
 ) -> list[np.ndarray]:
     """Group example indices into length-bucketed batches of at most ``batch_tokens`` padded tokens.
 
     With ``rng``, ties in length are broken at random and the batch order is shuffled; without it the
     order is fixed (sorted by length), which is what evaluation wants. ``length_grid``: the lengths are
-    counted as ``collate`` with the same value pads them (``round_length``).
+    counted as ``collate`` with the same values pads them (``round_length``).
     """
     n = len(src_lens)
     src_a, tgt_a = np.asarray(src_lens), np.asarray(tgt_lens)
     # Bucketing by the padded lengths: a batch then fills its padded width with as many rows as fit.
-    src_a, tgt_a = padded_widths(src_a, tgt_a, length_grid)
+    src_a, tgt_a = padded_widths(src_a, tgt_a, length_grid, max_width)
     perm = rng.permutation(n) if rng is not None else np.arange(n)
     # lexsort sorts by the last key first: by source length, then target length, then the random order.
     order = perm[np.lexsort((tgt_a[perm], src_a[perm]))]
@@ -172,10 +180,10 @@ class Batch:
         return int(self.src_mask.sum()) + self.n_target_tokens
 
 
-def collate(data: PairSet, idx: Sequence[int], length_grid: int = 0) -> Batch:
+def collate(data: PairSet, idx: Sequence[int], length_grid: int = 0, max_width: int | None = None) -> Batch:
     """The batch of examples ``idx``; with ``length_grid`` > 0 its source and decoder lengths are rounded
-    up (``round_length``), padding with PAD as usual."""
+    up (``round_length``, at most to ``max_width``), padding with PAD as usual."""
     srcs, tgts = [data.src[i] for i in idx], [data.tgt[i] for i in idx]
-    s_w, t_w = padded_widths(max([1, *map(len, srcs)]), max([2, *map(len, tgts)]), length_grid)
+    s_w, t_w = padded_widths(max([1, *map(len, srcs)]), max([2, *map(len, tgts)]), length_grid, max_width)
     src, tgt = pad(srcs, width=s_w), pad(tgts, width=t_w)
     return Batch(src=src, src_mask=src != PAD, tgt_in=tgt[:, :-1], tgt_out=tgt[:, 1:])

@@ -246,7 +246,8 @@ def fit(
 
     def epoch_batches(epoch: int) -> list[np.ndarray]:
         lens = [len(s) for s in data.src], [len(t) for t in data.tgt]
-        return make_batches(*lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]), tc.length_grid)
+        rng = np.random.default_rng([tc.seed, epoch])
+        return make_batches(*lens, tc.batch_tokens, rng, tc.length_grid, cfg.model.max_positions)
 
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
@@ -257,6 +258,7 @@ def fit(
         save_train_state(out / STATE_DIR, full, state, pr.step)
 
     batches = epoch_batches(pr.epoch)
+    widths = (tc.length_grid, cfg.model.max_positions)  # how collate pads: as epoch_batches counted
     budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
     snapshots = sorted(tc.snapshot_minutes)
     max_norm = tc.clip_norm if tc.clip_norm > 0 else math.inf
@@ -291,7 +293,7 @@ def fit(
                 mine = pr.pos + world.rank
                 micro.append(
                     (
-                        collate(data, batches[mine if mine < len(batches) else 0], tc.length_grid).to(device),
+                        collate(data, batches[mine if mine < len(batches) else 0], *widths).to(device),
                         float(mine < len(batches)),
                     )
                 )
