@@ -82,6 +82,35 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, reverse_ta
     assert_same_curve(records(one), records(tmp_path / "fsdp"))
 
 
+def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_task):
+    """SIGTERM to the launcher (as a scheduler's preemption sends it): torchrun passes it to both workers,
+    they agree to stop after the same step, rank 0 saves, nobody hangs; a 2-process --resume continues."""
+    import signal
+    import time
+
+    train, valid = reverse_task
+    run = tmp_path / "run"
+    args = ["train", "--train", str(train), "--valid", str(valid), "--out", str(run), *COMMON]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "bigseq.cli"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*launcher, *args, "--max-steps", "100000"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)  # a hang in a collective would time out here
+    # torchrun itself reports the signal (its own SignalException); the workers stopped cleanly after saving.
+    assert "SIGTERM; checkpoint saved, continue with --resume" in err, err[-3000:]
+    stopped_at = torch.load(run / "train_state/state.pt", weights_only=True)["progress"]["step"]
+    assert 0 < stopped_at < 100000
+    torchrun(*args, "--max-steps", str(stopped_at + 4), "--resume")
+    assert json.loads((run / "summary.json").read_text())["steps"] == stopped_at + 4
+
+
 def test_world_of_one_is_free():
     w = World()
     assert w.is_main and not w.distributed
