@@ -236,21 +236,34 @@ def test_training_on_an_explicit_cpu_device_and_loading_with_a_device(tmp_path, 
 
 
 def test_an_epoch_with_an_odd_number_of_batches_trains_each_once(tmp_path):
-    """50 equal-length examples in batches of 10 = 5 batches: 2 ranks need 3 rounds, the last with one rank
-    on a zero-weight step. The tokens counted after those 3 steps are exactly one epoch's: nothing dropped,
-    nothing repeated, and the padding step not counted."""
+    """Examples of 3-8 letters in token-budget batches of different sizes, an odd number of them: 2 ranks need
+    one round more than half, the last with one rank on a zero-weight step. The tokens counted over those
+    rounds are exactly one epoch's: nothing dropped, nothing repeated (batches differ in size, so a repeat
+    could not cancel a drop), and the padding step not counted."""
+    import numpy as np
+
+    from bigseq.data.batching import make_batches
+
     rng = __import__("random").Random(0)
-    lines = []
-    for _ in range(50):
-        s = "".join(rng.choice("abcdefgh") for _ in range(4))
-        lines.append(json.dumps({"source": s, "target": s[::-1]}))
+    words = ["".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 8))) for _ in range(55)]
     train = tmp_path / "train.jsonl"
-    train.write_text("\n".join(lines) + "\n")
+    train.write_text("".join(json.dumps({"source": w, "target": w[::-1]}) + "\n" for w in words))
+    src, tgt = [len(w) for w in words], [len(w) + 2 for w in words]  # char ids; BOS ... EOS
+    batches = make_batches(src, tgt, 100, np.random.default_rng([1, 0]), 8)  # train.seed 1, length grid 8
+    sizes = {sum(src[i] + tgt[i] - 1 for i in b) for b in batches}
+    assert len(batches) % 2 == 1 and len(sizes) > 2, (len(batches), sizes)
+    epoch_tokens = sum(src) + sum(tgt) - len(words)  # source + target + EOS (the loop counts real tokens)
     base = ["--train", str(train), "--valid", str(train), *COMMON, "--set", "train.batch_tokens=100"]
-    base += ["--set", "metrics=[]"]
+    base += ["--set", "metrics=[]", "--set", "train.seed=1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["train", *base, "--out", str(one), "--max-steps", "5", "--set", "train.eval_every=5"]) == 0
-    torchrun("train", *base, "--out", str(two), "--max-steps", "3", "--set", "train.eval_every=3")
+    n, rounds = len(batches), (len(batches) + 1) // 2
+    assert (
+        main(["train", *base, "--out", str(one), "--max-steps", str(n), "--set", f"train.eval_every={n}"])
+        == 0
+    )
+    torchrun(
+        "train", *base, "--out", str(two), "--max-steps", str(rounds), "--set", f"train.eval_every={rounds}"
+    )
     (a,), (b,) = records(one), records(two)
     assert a["epoch"] == b["epoch"] == 0
-    assert a["tokens"] == b["tokens"] == 50 * (4 + 5)  # source 4 + target 4 + EOS per example, no padding
+    assert a["tokens"] == b["tokens"] == epoch_tokens
