@@ -44,7 +44,8 @@ $PY $R/prepare.py --out $R/data-v2 --valid-per-genre 2
 $PY $R/baselines.py --data $R/data-v2 --json $R/runs/baselines-v2.json
 $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data-v2 --out $R/runs/ablation-v2 --tasks genre \
   --arms pretrained --seeds 1 2 3 --genre-steps 1000 --set "train.precision=$PRECISION"
-# More training windows, no speaker names (RESULTS.md, "More training windows; no speaker names"): seed 1 each.
+# More training windows, no speaker names (seed 1 each), longer windows (seeds 1-3) (RESULTS.md, "More training
+# windows; no speaker names; longer windows").
 $PY $R/prepare.py --out $R/data-s2 --train-stride 2
 $PY $R/baselines.py --data $R/data-s2 --json $R/runs/baselines-s2.json
 $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data-s2 --out $R/runs/ablation-s2 --tasks genre \
@@ -53,3 +54,7 @@ $PY $R/prepare.py --out $R/data-ns --no-speakers
 $PY $R/baselines.py --data $R/data-ns --json $R/runs/baselines-ns.json
 $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data-ns --out $R/runs/ablation-ns --tasks genre \
   --arms pretrained --seeds 1 --genre-steps 1000 --set "train.precision=$PRECISION"
+$PY $R/prepare.py --out $R/data-w16 --window 16
+$PY $R/baselines.py --data $R/data-w16 --json $R/runs/baselines-w16.json
+$PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data-w16 --out $R/runs/ablation-w16 --tasks genre \
+  --arms pretrained --seeds 1 2 3 --genre-steps 1000 --set "train.precision=$PRECISION" --set data.max_src_len=320
