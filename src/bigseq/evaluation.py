@@ -14,16 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from bigseq import metrics as metrics_mod
-from bigseq.config import SearchConfig
-from bigseq.data.batching import (
-    DEFAULT_LENGTH_GRID,
-    PairSet,
-    collate,
-    encode_pairs,
-    make_batches,
-    pad,
-    round_length,
-)
+from bigseq.config import SearchConfig, TrainConfig
+from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches, pad, round_length
 from bigseq.data.readers import Example
 from bigseq.search import Hypothesis, generate, max_lengths, score_candidates
 from bigseq.tokenizer import BOS, EOS, PAD, UNK, TokenizerPair
@@ -37,7 +29,7 @@ def translate(
     max_src_len: int,
     seed: int | None = None,
     labels: Sequence[str] = (),
-    length_grid: int = DEFAULT_LENGTH_GRID,
+    length_grid: int = TrainConfig.length_grid,
 ) -> list[list[tuple[str, float]]]:
     """Decode every source; returns, in input order, ``search.n_best`` (text, log-prob) pairs each.
 
@@ -66,7 +58,8 @@ def translate(
         for start in range(0, len(order), search.batch_size):
             chunk = order[start : start + search.batch_size]
             batch = [ids[i] for i in chunk]
-            src = pad(batch, width=round_length(max(map(len, batch)), length_grid, cap + 1)).to(device)
+            width = round_length(max(map(len, batch)), length_grid, model.config.max_positions)
+            src = pad(batch, width=width).to(device)
             mask = src != PAD
             if cand is not None:
                 scores = score_candidates(model, src, mask, cand)
@@ -107,7 +100,7 @@ def _texts(toks: TokenizerPair, hyps: list[Hypothesis]) -> list[tuple[str, float
 
 @torch.no_grad()
 def teacher_forced_loss(
-    model: torch.nn.Module, data: PairSet, batch_tokens: int, length_grid: int = DEFAULT_LENGTH_GRID
+    model: torch.nn.Module, data: PairSet, batch_tokens: int, length_grid: int = TrainConfig.length_grid
 ) -> tuple[float, int]:
     """Mean per-token cross-entropy (nats, no label smoothing) and the number of target tokens; batches
     padded to ``length_grid`` as in training."""

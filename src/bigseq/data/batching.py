@@ -73,10 +73,6 @@ def encode_pairs(
     )
 
 
-# The grid training (``train.length_grid``'s default) and inference (translate, evaluation) batches use.
-DEFAULT_LENGTH_GRID = 8
-
-
 def round_length(n: int | np.ndarray, grid: int, max_width: int | None = None) -> int | np.ndarray:
     """A length ``n`` padded up to the next point of a grid with ``grid`` steps per doubling: lengths up to
     ``2 * grid`` stay exact, then (grid 8) 18, 20, ... 32, 36, 40, ... 64, 72, 80, ... 128, 144, ...; at

@@ -244,10 +244,11 @@ def fit(
     amp = _autocast(tc.precision, device)
     data = train_data.epoch(pr.epoch)
 
+    widths = (tc.length_grid, cfg.model.max_positions)  # how batches are counted and padded (round_length)
+
     def epoch_batches(epoch: int) -> list[np.ndarray]:
         lens = [len(s) for s in data.src], [len(t) for t in data.tgt]
-        rng = np.random.default_rng([tc.seed, epoch])
-        return make_batches(*lens, tc.batch_tokens, rng, tc.length_grid, cfg.model.max_positions)
+        return make_batches(*lens, tc.batch_tokens, np.random.default_rng([tc.seed, epoch]), *widths)
 
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
@@ -258,7 +259,6 @@ def fit(
         save_train_state(out / STATE_DIR, full, state, pr.step)
 
     batches = epoch_batches(pr.epoch)
-    widths = (tc.length_grid, cfg.model.max_positions)  # how collate pads: as epoch_batches counted
     budget_s = tc.max_minutes * 60 if tc.max_minutes else math.inf
     snapshots = sorted(tc.snapshot_minutes)
     max_norm = tc.clip_norm if tc.clip_norm > 0 else math.inf
