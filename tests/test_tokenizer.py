@@ -57,6 +57,43 @@ def test_bpe_round_trips_unseen_text_exactly(trained):
     assert UNK not in tok.encode(text)
 
 
+def test_bpe_first_word_tokenized_as_inside_a_text():
+    tok = Tokenizer.train(["And so it goes. And then, and now"] * 20, mode="bpe", vocab_size=300)
+    first, inside = tok.encode("And"), tok.encode("so And")[1:]
+    assert first == inside and len(first) == 1  # one piece "ĠAnd", not "A" + "nd"
+    for text in ("And", " And", "  And  ", "", "\nAnd"):
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_newline_id_is_the_newline_inside_a_text(trained):
+    tok = trained["bpe"]
+    nl = tok.newline_id()
+    assert nl is not None and nl != UNK
+    assert tok.encode("fox\nfun").count(nl) == 1 and nl not in tok.encode("fox fun")
+    assert trained["char"].newline_id() is None  # no newline in its training text: it would be <unk>
+    char = Tokenizer.train(["a\nb"] * 3, mode="char")
+    assert char.newline_id() == char.encode("\n")[0] != UNK
+
+
+def test_bpe_tokenizer_without_prefix_space_still_loads_and_round_trips(tmp_path):
+    # Runs trained before the prefix space was added keep their tokenizer.json: it must decode as before.
+    old = tokenizers.Tokenizer(tokenizers.models.BPE())
+    old.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    old.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=SPECIALS,
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    old.train_from_iterator(CORPUS, trainer)
+    old.save(str(tmp_path / "tokenizer.json"))
+    tok = Tokenizer.load(tmp_path / "tokenizer.json")
+    assert tok.mode == "bpe"
+    for text in ("The lazy dog.", " leading space", "机器"):
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode("The") == old.encode("The", add_special_tokens=False).ids
+
+
 @pytest.mark.parametrize("mode", ["unigram", "char"])
 def test_unseen_characters_map_to_unk(trained, mode):
     assert UNK in trained[mode].encode("Z🚀")

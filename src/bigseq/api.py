@@ -29,7 +29,7 @@ from bigseq.evaluation import closed_label_set, evaluate, model_device, teacher_
 from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.search import score_targets
-from bigseq.tokenizer import UNK, Tokenizer, TokenizerPair, build_tokenizers
+from bigseq.tokenizer import Tokenizer, TokenizerPair, build_tokenizers
 from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, WEIGHTS_FILE, load_weights
 from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import EpochData, Summary, Validate, fit
@@ -450,9 +450,7 @@ def pretrain(
         mask_ratio=p.mask_ratio, poisson_lambda=p.poisson_lambda, min_prefix_frac=p.min_prefix_frac,
         max_prefix_frac=p.max_prefix_frac,
     )  # fmt: skip
-    newline = toks.src.encode("\n")
-    separator = newline[0] if len(newline) == 1 and newline[0] != UNK else None
-    data = PretrainData(shards, objective, p.window_tokens, separator, cfg.train.seed, p.chunk_windows,
+    data = PretrainData(shards, objective, p.window_tokens, toks.src.newline_id(), cfg.train.seed, p.chunk_windows,
                         p.valid_windows)  # fmt: skip
     valid = data.valid()
 

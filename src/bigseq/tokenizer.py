@@ -2,7 +2,9 @@
 
 Four modes:
 
-- ``bpe``: byte-level BPE; every string (any script, unseen characters) round-trips exactly.
+- ``bpe``: byte-level BPE; every string (any script, unseen characters) round-trips exactly. A space is put
+  before every text (and taken off again when decoding), as SentencePiece's dummy prefix does, so that a
+  text's first word gets the same tokens as the word inside a text ("And" = ``ĠAnd``, not ``A`` + ``nd``).
 - ``unigram``: SentencePiece-style Unigram with NFKC normalization; unseen characters become ``<unk>``.
 - ``char``: one token per Unicode character, spaces included; unseen characters become ``<unk>``.
 - ``word``: whitespace-separated tokens (e.g. phones ``HH AH L OW``); decode joins with single spaces.
@@ -79,8 +81,13 @@ class Tokenizer:
 
         if mode == "bpe":
             tok = tokenizers.Tokenizer(models.BPE())
+            # Without a leading space, a line's first word is split into rare pieces ("A" + "nd"): the
+            # model learns every word twice, and a sampled line can start with "H" + "nd" (the Shakespeare
+            # demo did). The prefix always goes on and exactly one space comes off, so strings that already
+            # start with spaces still round-trip exactly (ByteLevel's own add_prefix_space would not).
+            tok.normalizer = normalizers.Prepend(" ")
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            tok.decoder = decoders.ByteLevel()
+            tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
             trainer = trainers.BpeTrainer(
                 vocab_size=vocab_size,
                 min_frequency=min_frequency,
@@ -159,6 +166,18 @@ class Tokenizer:
     def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
         """:meth:`decode` for each sequence of ids."""
         return self._tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
+
+    def newline_id(self) -> int | None:
+        """The one token a newline inside a text is, or None if there is none (``<unk>``, or several tokens).
+
+        Pretraining joins a document's lines with it. Not ``encode("\\n")``: a bpe tokenizer puts its prefix
+        space before a text, so a text that is just a newline is two tokens.
+        """
+        if self.mode == "bpe" and self._tok.pre_tokenizer is not None:
+            pieces = self._tok.pre_tokenizer.pre_tokenize_str("\n")  # the byte-level form of "\n"
+            return self._tok.token_to_id(pieces[0][0]) if len(pieces) == 1 else None
+        ids = self.encode("\n")
+        return ids[0] if len(ids) == 1 and ids[0] != UNK else None
 
     @property
     def vocab_size(self) -> int:

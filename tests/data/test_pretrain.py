@@ -74,9 +74,11 @@ def test_windows_cover_whole_segments_of_one_document(corpus, tmp_path, window):
 
 def test_window_ids_insert_the_separator_between_segments(corpus, tmp_path):
     shards, tok = shards_of(corpus, tmp_path)
-    sep = tok.encode("\n")[0]
+    sep = tok.newline_id()
+    assert sep is not None
     obj = Objective.for_tokenizer("prefix", tok)
     data = PretrainData(shards, obj, 40, sep, seed=1, chunk_windows=50, valid_windows=10)
+    assert any(sep in data.window(i).tolist() for i in range(len(data.windows)))
     for i in range(5):
         ids = data.window(i)
         assert len(ids) <= 40
@@ -89,7 +91,7 @@ def test_window_ids_insert_the_separator_between_segments(corpus, tmp_path):
 def test_epochs_are_deterministic_chunked_and_exclude_validation(corpus, tmp_path):
     shards, tok = shards_of(corpus, tmp_path)
     obj = Objective.for_tokenizer("span", tok)
-    sep = tok.encode("\n")[0]
+    sep = tok.newline_id()
     data = PretrainData(shards, obj, 32, sep, seed=3, chunk_windows=7, valid_windows=5)
     again = PretrainData(shards, obj, 32, sep, seed=3, chunk_windows=7, valid_windows=5)
     assert len(data.valid_index) == 5 and len(data) + 5 == len(data.windows)
