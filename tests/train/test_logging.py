@@ -63,6 +63,18 @@ def test_tensorboard_can_be_switched_off(tmp_path):
     assert "train_loss" in json.loads((tmp_path / "run/metrics.jsonl").read_text())
 
 
+def test_resume_removes_temporary_files_of_a_killed_save(tmp_path):
+    run = tmp_path / "run"
+    _train(_cfg("train.max_steps=2", "train.eval_every=2"), tmp_path)
+    stale = [run / ".model.safetensors.k1ll3d.tmp", run / ".summary.json.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    (run / "notes.tmp").write_text("a user's file")
+    _train(_cfg("train.max_steps=4", "train.eval_every=2"), tmp_path, resume=True)
+    assert not any(p.exists() for p in stale)
+    assert (run / "notes.tmp").exists()  # only what atomic_write names .NAME.*.tmp goes
+
+
 def test_resume_purges_events_after_the_checkpoint(tmp_path):
     run = tmp_path / "run"
     _train(_cfg("train.max_steps=4", "train.eval_every=2"), tmp_path)

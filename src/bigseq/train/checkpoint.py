@@ -108,8 +108,19 @@ def save_train_state(state_dir: str | Path, model: nn.Module, state: dict[str, A
     save_state({**state, "weights": name}, state_dir / STATE_FILE)
     for p in state_dir.iterdir():
         old_weights = p.name.startswith("weights-") and p.suffix == ".safetensors" and p.name != name
-        if old_weights or p.name == LEGACY_STATE_WEIGHTS or (p.name.startswith(".") and p.suffix == ".tmp"):
+        if old_weights or p.name == LEGACY_STATE_WEIGHTS:
             p.unlink(missing_ok=True)
+    remove_stale_temp_files(state_dir)
+
+
+def remove_stale_temp_files(folder: str | Path) -> None:
+    """Remove what saves killed before their rename left in ``folder``: :func:`atomic_write`'s temporary
+    files, ``.NAME.*.tmp``. Nothing reads them; a killed run would otherwise leave one per kill."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.suffix == ".tmp" and p.is_file():
+                p.unlink(missing_ok=True)
 
 
 def load_train_state(state_dir: str | Path, model: nn.Module) -> dict[str, Any]:

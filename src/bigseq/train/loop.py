@@ -31,7 +31,14 @@ from bigseq.errors import BigseqError, ConfigError
 from bigseq.models.base import build_model
 from bigseq.speed import compile_for_training
 from bigseq.tokenizer import PAD
-from bigseq.train.checkpoint import STATE_DIR, WEIGHTS_FILE, load_train_state, save_train_state, save_weights
+from bigseq.train.checkpoint import (
+    STATE_DIR,
+    WEIGHTS_FILE,
+    load_train_state,
+    remove_stale_temp_files,
+    save_train_state,
+    save_weights,
+)
 from bigseq.train.distributed import (
     full_model,
     full_optimizer_state,
@@ -219,6 +226,8 @@ def fit(
     st = None
     if resume:
         st = load_train_state(out / STATE_DIR, model)  # before sharding: every rank loads all
+        if is_main:
+            remove_stale_temp_files(out)  # of saves the interrupted run was killed in
     if hasattr(model, "grad_checkpointing"):
         model.grad_checkpointing = tc.activation_checkpointing
     elif tc.activation_checkpointing:
@@ -429,7 +438,7 @@ def fit(
             interval_loss, interval_steps = 0.0, 0
             if is_main:
                 with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(json.dumps(_json_numbers(record), allow_nan=False) + "\n")
             if tb is not None:
                 for k, v in result.items():
                     if k not in ("n", "n_decoded"):  # counts, not metrics
@@ -456,3 +465,10 @@ def fit(
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
     )
+
+
+def _json_numbers(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with NaN / infinity as null: ``json.dumps`` would write them as ``NaN``, which is not JSON
+    and which strict readers (jq, JavaScript, pandas' default) reject. A run without validation data has
+    NaN valid loss."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
