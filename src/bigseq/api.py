@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from bigseq import metrics as metrics_mod
 from bigseq import speed
 from bigseq.config import Config
 from bigseq.data.batching import PairSet, collate, encode_pairs
@@ -30,7 +31,7 @@ from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.search import score_targets
 from bigseq.tokenizer import Tokenizer, TokenizerPair, build_tokenizers
-from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, WEIGHTS_FILE, load_weights
+from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, WEIGHTS_FILE, atomic_write, load_weights
 from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import EpochData, Summary, Validate, fit
 
@@ -74,23 +75,42 @@ class Seq2SeqRun:
         """One output string per source (the best hypothesis), in input order."""
         return [h[0][0] for h in self.generate_n_best(sources, seed=seed, **search)]
 
-    def score(self, sources: Sequence[str], targets: Sequence[str]) -> list[float]:
-        """Log-probability of each target given its source (sum over target tokens incl. EOS)."""
+    def score(self, sources: Sequence[str], targets: Sequence[str], batch_size: int = 64) -> list[float]:
+        """Log-probability of each target given its source (sum over target tokens incl. EOS), in input
+        order. Pairs are scored ``batch_size`` at a time, sorted by length so that little goes to padding
+        (the scores do not depend on the grouping); sources and targets longer than the run's
+        ``data.max_src_len`` / ``max_tgt_len`` are cut to them, as in training."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(zip(sources, targets, strict=True))]
         d = self.config.data
         data = encode_pairs(examples, self.tokenizers, d.max_src_len, d.max_tgt_len, all_references=False)
-        b = collate(data, range(len(data))).to(model_device(self.model))
-        tgt = torch.cat([b.tgt_in[:, :1], b.tgt_out], dim=1)
-        return score_targets(self.model, b.src, b.src_mask, tgt).tolist()
+        order = sorted(range(len(data)), key=lambda i: (len(data.src[i]), len(data.tgt[i])))
+        widths = (self.config.train.length_grid, self.model.config.max_positions)
+        out = [0.0] * len(data)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            b = collate(data, idx, *widths).to(model_device(self.model))
+            tgt = torch.cat([b.tgt_in[:, :1], b.tgt_out], dim=1)
+            for i, v in zip(idx, score_targets(self.model, b.src, b.src_mask, tgt).tolist(), strict=True):
+                out[i] = v
+        return out
 
-    def evaluate(self, data: str | Path | Sequence[Example], **search: Any) -> dict[str, float]:
-        """Loss, perplexity and the run's task metrics on a dataset file (or examples)."""
+    def evaluate(
+        self, data: str | Path | Sequence[Example], predictions: str | Path | None = None, **search: Any
+    ) -> dict[str, float]:
+        """Loss, perplexity and the run's task metrics on a dataset file (or examples). ``predictions``: also
+        write every example's output to this JSONL file (see :func:`write_predictions`), for error analysis."""
         examples = read_examples(data) if isinstance(data, str | Path) else list(data)
         d = self.config.data
-        return evaluate(
+        decoded: list[tuple[Example, str, float]] = []
+        result = evaluate(
             self.model, self.tokenizers, examples, self._search(**search), self.config.metrics,
-            d.max_src_len, d.max_tgt_len, labels=d.labels,
+            d.max_src_len, d.max_tgt_len, labels=d.labels, predictions=decoded,
         )  # fmt: skip
+        if predictions is not None:
+            write_predictions(predictions, decoded)
+        return result
 
     @property
     def n_parameters(self) -> int:
@@ -130,6 +150,21 @@ def load(
     if compile:
         speed.compile_for_inference(model)
     return Seq2SeqRun(run_dir, cfg, toks, model)
+
+
+def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, float]]) -> None:
+    """One JSON object per example, in data order: ``line`` (of the data file), ``source``, ``targets``
+    (the references), ``prediction``, ``log_prob`` (its log-probability under the model) and ``correct``
+    (the prediction equals a reference, whitespace aside). Written atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for ex, text, logp in decoded:
+                row = {"line": ex.line, "source": ex.source, "targets": list(ex.targets), "prediction": text,
+                       "log_prob": round(logp, 4), "correct": metrics_mod.matches(text, ex.targets)}  # fmt: skip
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    atomic_write(path, write)
 
 
 def _new_run_dir(out: Path) -> None:

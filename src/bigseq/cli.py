@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="print a JSON object of metrics on a test set")
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     e.add_argument("--data", required=True, type=Path, help="test data (.jsonl or .tsv)")
+    e.add_argument(
+        "--predictions", type=Path, metavar="FILE.jsonl",
+        help="also write each example's output (line, source, targets, prediction, log_prob, correct) here",
+    )  # fmt: skip
     _add_search_flags(e)
 
     pl = sub.add_parser("plot", help="draw a run's learning curves (metrics.jsonl) into a PNG")
@@ -219,7 +223,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     run = api.load(
         args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device
     )
-    result = run.evaluate(args.data, **_search_overrides(args))
+    result = run.evaluate(args.data, predictions=args.predictions, **_search_overrides(args))
     print(json.dumps(result))
 
 

@@ -134,20 +134,27 @@ def evaluate(
     batch_tokens: int = 8192,
     decode_examples: int = 0,
     labels: Sequence[str] = (),
+    predictions: list[tuple[Example, str, float]] | None = None,
 ) -> dict[str, float]:
     """Loss / perplexity on the first reference of every example, and the task metrics on the decoded
     outputs of a fixed random subset of ``decode_examples`` examples (0 = all) against all their references.
-    ``labels``: the run's closed label set, passed to :func:`translate`."""
+    ``labels``: the run's closed label set, passed to :func:`translate`. ``predictions``: a list that gets
+    (example, output, its log-probability) for every decoded example, in data order."""
     data = encode_pairs(examples, toks, max_src_len, max_tgt_len, all_references=False)
     loss, _ = teacher_forced_loss(model, data, batch_tokens)
     result: dict[str, float] = {"n": len(examples), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-    if metric_names:
+    if metric_names or predictions is not None:
         subset = subsample(examples, decode_examples, seed=0)
         sources = [e.source for e in subset]
-        preds = [h[0][0] for h in translate(model, toks, sources, search, max_src_len, labels=labels)]
-        scores = metrics_mod.score(preds, [list(e.targets) for e in subset], metric_names)
-        scores.pop("n", None)
-        result.update(scores)
+        best = [h[0] for h in translate(model, toks, sources, search, max_src_len, labels=labels)]
+        if predictions is not None:
+            predictions.extend((e, text, logp) for e, (text, logp) in zip(subset, best, strict=True))
+        if metric_names:
+            scores = metrics_mod.score(
+                [text for text, _ in best], [list(e.targets) for e in subset], metric_names
+            )
+            scores.pop("n", None)
+            result.update(scores)
         if len(subset) != len(examples):
             result["n_decoded"] = len(subset)
     return result

@@ -55,11 +55,15 @@ def _check_labels(preds: Sequence[str], labels: Sequence[str]) -> None:
         raise ValueError("no examples")
 
 
+def matches(pred: str, refs: Sequence[str]) -> bool:
+    """Whether ``pred`` equals one of ``refs`` after whitespace normalization."""
+    return _normalize(pred) in {_normalize(r) for r in refs}
+
+
 def exact_match(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     """Fraction (0-1) of predictions equal to any of their references, after whitespace normalization."""
     _check(preds, refs)
-    hits = sum(_normalize(p) in {_normalize(r) for r in rs} for p, rs in zip(preds, refs, strict=True))
-    return hits / len(preds)
+    return sum(matches(p, rs) for p, rs in zip(preds, refs, strict=True)) / len(preds)
 
 
 def wer(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from bigseq import api
 from bigseq.cli import main
 from helpers import state_weights, write_reverse_task
 
@@ -29,10 +30,18 @@ def test_learns_to_reverse_strings(tmp_path, reverse_task, capsys, arch, steps):
     run = tmp_path / "run"
     _train(train, valid, run, arch, steps, "--set", f"train.eval_every={steps}")
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--data", str(valid)]) == 0
+    preds = tmp_path / "predictions.jsonl"
+    assert main(["evaluate", str(run), "--data", str(valid), "--predictions", str(preds)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 200
     assert result["exact_match"] >= 0.95, result
+    # --predictions: one row per example, in file order, agreeing with the metric and with the data file
+    rows = [json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines()]
+    data = [json.loads(line) for line in valid.read_text(encoding="utf-8").splitlines()]
+    assert [r["line"] for r in rows] == list(range(1, 201))
+    assert [(r["source"], r["targets"]) for r in rows] == [(d["source"], [d["target"]]) for d in data]
+    assert sum(r["correct"] for r in rows) / 200 == result["exact_match"]
+    assert all(r["correct"] == (r["prediction"] == r["source"][::-1]) and r["log_prob"] <= 0 for r in rows)
     for name in (
         "config.yaml",
         "tokenizer.json",
@@ -63,6 +72,15 @@ def test_generate_keeps_one_line_per_input_in_order(tmp_path, reverse_task, caps
     rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 5 and all(len(r.split("\t")) == 3 for r in rows)
     assert rows[0].split("\t")[0] == "fedcba"
+    # The Python API's score: the log-probability greedy decoding reported for its own output, in input
+    # order, whatever the batch size (char tokens: the text re-encodes to the tokens generated)
+    loaded = api.load(run)
+    sources = ["abcdef", "hgf", "dcbaabcd", "x", "abcdef"]
+    best = [h[0] for h in loaded.generate_n_best(sources, beam=1)]
+    for batch_size in (1, 2, 64):
+        scores = loaded.score(sources, [text for text, _ in best], batch_size=batch_size)
+        assert scores == pytest.approx([logp for _, logp in best], abs=1e-4), batch_size
+    assert loaded.score(["abc"], ["cba"])[0] > loaded.score(["abc"], ["abc"])[0]
 
 
 class _Lines:
