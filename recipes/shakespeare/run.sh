@@ -58,3 +58,9 @@ $PY $R/prepare.py --out $R/data-w16 --window 16
 $PY $R/baselines.py --data $R/data-w16 --json $R/runs/baselines-w16.json
 $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data-w16 --out $R/runs/ablation-w16 --tasks genre \
   --arms pretrained --seeds 1 2 3 --genre-steps 1000 --set "train.precision=$PRECISION" --set data.max_src_len=320
+# The prefix-space tokenizer (RESULTS.md, "Tokenizer: a space before every text"): the first ablation's pretrained
+# arm again. With today's code runs/pretrain above already has that tokenizer; this is the run measured.
+.venv/bin/bigseq pretrain --config $R/pretrain.yaml --text "$R/data/corpus/*.txt" --out $R/runs/pretrain-px \
+  --max-minutes 30 --max-steps 1000000 --set train.length_grid=0
+$PY $R/ablation.py --init $R/runs/pretrain-px --data $R/data --out $R/runs/ablation-px --arms pretrained \
+  --seeds 1 2 3 --genre-steps 600 --nextline-steps 400 --set "train.precision=$PRECISION" --set train.length_grid=0
