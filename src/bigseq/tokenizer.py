@@ -174,9 +174,11 @@ class Tokenizer:
         space before a text, so a text that is just a newline is two tokens.
         """
         if self.mode == "bpe" and self._tok.pre_tokenizer is not None:
-            pieces = self._tok.pre_tokenizer.pre_tokenize_str("\n")  # the byte-level form of "\n"
-            return self._tok.token_to_id(pieces[0][0]) if len(pieces) == 1 else None
-        ids = self.encode("\n")
+            pieces = self._tok.pre_tokenizer.pre_tokenize_str("\n")  # byte-level: "\n" is the piece "Ċ"
+            found = self._tok.token_to_id(pieces[0][0]) if len(pieces) == 1 else None
+            if found is not None:
+                return found
+        ids = self.encode("\n")  # any other tokenizer.json: the newline as a text of its own
         return ids[0] if len(ids) == 1 and ids[0] != UNK else None
 
     @property
