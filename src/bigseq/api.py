@@ -103,7 +103,8 @@ class Seq2SeqRun:
         write every example's output to this JSONL file (see :func:`write_predictions`), for error analysis."""
         examples = read_examples(data) if isinstance(data, str | Path) else list(data)
         d = self.config.data
-        decoded: list[tuple[Example, str, float]] = []
+        # Only when asked: a list here makes evaluation decode even a run that has no task metrics.
+        decoded: list[tuple[Example, str, float]] | None = [] if predictions is not None else None
         result = evaluate(
             self.model, self.tokenizers, examples, self._search(**search), self.config.metrics,
             d.max_src_len, d.max_tgt_len, labels=d.labels, predictions=decoded,
