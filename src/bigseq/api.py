@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 
 from bigseq import metrics as metrics_mod
 from bigseq import speed
-from bigseq.config import Config
+from bigseq.config import Config, ModelConfig
 from bigseq.data.batching import PairSet, collate, encode_pairs
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
@@ -367,7 +367,8 @@ def finetune(
 ) -> Summary:
     """Fine-tune the run in ``init_dir`` (usually pretrained) on labeled pairs into ``out_dir``.
 
-    The new run reuses the init run's tokenizer and architecture (model section of its config) and starts
+    The new run reuses the init run's tokenizer and architecture (model section of its config; only the
+    dropout rates may be set anew, any other model key that differs is an error) and starts
     from its weights with a fresh optimizer; ``cfg.train`` decides freezing (``train.freeze``) and LoRA
     (``train.lora_rank``; adapters are merged into plain weights whenever weights are published).
     ``from_scratch`` keeps the tokenizer and architecture but not the weights: the control arm of the
@@ -387,7 +388,7 @@ def finetune(
         init_cfg = Config.load(init / CONFIG_FILE)
         toks = TokenizerPair.load(init)
         _new_run_dir(out)
-        cfg.model = init_cfg.model
+        cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
         for key in ("src_tokenizer", "tgt_tokenizer", "vocab_size", "shared_vocab"):
             setattr(cfg.data, key, getattr(init_cfg.data, key))
         cfg.train.init = None if from_scratch else str(init.resolve())
@@ -405,6 +406,30 @@ def finetune(
     return _fit(
         cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what, report
     )
+
+
+# What a fine-tuning run may change in the model section: regularisation, not the shapes of the weights.
+FINETUNE_MODEL_KEYS = ("dropout", "attn_dropout")
+
+
+def _finetune_model_config(asked: ModelConfig, init: ModelConfig, init_dir: Path, log: Any) -> ModelConfig:
+    """The init run's model section, with the dropout rates the fine-tuning config sets. A model key set to a
+    value other than its default and the init run's is either taken (dropout) or refused with a clear error:
+    the weights fix the architecture, so a silently ignored ``model.d_model=512`` would mislead."""
+    default, model = ModelConfig(), replace(init)
+    for f in fields(ModelConfig):
+        value = getattr(asked, f.name)
+        if f.name.endswith("vocab_size") or value in (getattr(default, f.name), getattr(init, f.name)):
+            continue
+        if f.name not in FINETUNE_MODEL_KEYS:
+            raise ConfigError(
+                f"model.{f.name}={value}: fine-tuning keeps the architecture of {init_dir} "
+                f"(model.{f.name}={getattr(init, f.name)}); only model.{' / model.'.join(FINETUNE_MODEL_KEYS)} "
+                "can change"
+            )
+        log(f"model.{f.name}: {value} (the init run trained with {getattr(init, f.name)})")
+        setattr(model, f.name, value)
+    return model
 
 
 def finetune_model(cfg: Config, init_dir: str | Path | None, log: Any = print) -> torch.nn.Module:

@@ -125,6 +125,9 @@ class TrainConfig:
     eval_examples: int = 1000  # valid examples decoded for the task metric at each eval (0 = all)
     patience: int = 0  # evals without improvement before stopping (0 = never stop early)
     metric: str = "loss"  # what "best" means: loss or a task metric
+    # Which weights model.safetensors holds: best (on valid, by train.metric) | last (the latest evaluated, i.e.
+    # the final ones: for a valid set too small or too unlike the test data to choose a checkpoint by).
+    keep: str = "best"
     snapshot_minutes: list[float] = field(default_factory=list)  # also keep weights at these wall times
     seed: int = 1
     threads: int = 0  # torch intra-op threads (0 = torch's default)
@@ -147,6 +150,7 @@ class TrainConfig:
     def validate(self) -> None:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.metric", self.metric, ("loss", *METRICS))
+        _choice("train.keep", self.keep, ("best", "last"))
         for name in ("max_steps", "batch_tokens", "grad_accum", "eval_every", "log_every", "max_bad_steps"):
             _positive(f"train.{name}", getattr(self, name))
         if self.length_grid < 0:

@@ -141,6 +141,23 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["pretrain", "--text", str(tmp_path / "*.txt"), "--out", str(tmp_path / "p"), "--quiet"]) == 2
     assert "no files match" in capsys.readouterr().err
+    # the weights fix the architecture: a model key that would change it is refused, not silently ignored
+    args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "y"), "--set", "model.d_model=96"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "model.d_model=96: fine-tuning keeps the architecture" in err and len(err.strip().splitlines()) == 1
+    )
+
+
+def test_finetune_may_set_dropout(pretrained, tmp_path):
+    run, train, valid = pretrained
+    out = tmp_path / "drop"
+    args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--out", str(out)]
+    assert main([*args, "--max-steps", "2", *FAST, "--set", "model.dropout=0.3"]) == 0
+    init, tuned = Config.load(run / "config.yaml").model, Config.load(out / "config.yaml").model
+    assert tuned.dropout == 0.3 != init.dropout
+    assert {**vars(tuned), "dropout": init.dropout} == vars(init)
 
 
 PRETRAIN_BLOCK = "<!-- pretrain-example -->"

@@ -212,3 +212,28 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
         st = load_train_state(run / "train_state", build_model(cfg.model))  # the weights its state.pt names
         assert st["progress"]["step"] == step
         load_weights(build_model(cfg.model), run / "model.safetensors")
+
+
+def test_keep_last_publishes_the_latest_evaluated_weights(tmp_path):
+    """train.keep=last changes which weights model.safetensors holds, nothing about training or validation."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    quiet = {"progress": False, "log": lambda *a: None}
+    runs, rows = {}, {}
+    for keep in ("best", "last"):
+        cfg = _cfg("train.max_steps=8", "train.eval_every=2", f"train.keep={keep}", "metrics=[]")
+        runs[keep] = bigseq.api.train(cfg, train, valid, tmp_path / keep, **quiet)
+        lines = (tmp_path / keep / "metrics.jsonl").read_text().splitlines()
+        rows[keep] = [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in lines]
+    assert rows["best"] == rows["last"] and [r["step"] for r in rows["last"]] == [2, 4, 6, 8]
+    losses = [r["valid_loss"] for r in rows["best"]]
+    best = runs["best"]
+    assert (best.best_step, best.best_value) == (2 * (losses.index(min(losses)) + 1), min(losses))
+    last = runs["last"]
+    assert (last.kept, last.best_step, last.best_value) == ("last", 8, losses[-1])
+    published = load_file(tmp_path / "last/model.safetensors")
+    final = load_file(state_weights(tmp_path / "last"))
+    assert all(torch.equal(published[k], final[k]) for k in final)
+    summary = json.loads((tmp_path / "last/summary.json").read_text())
+    assert summary["kept"] == "last" and summary["best_step"] == 8
+    with pytest.raises(Exception, match="train.keep"):
+        _cfg("train.keep=first")

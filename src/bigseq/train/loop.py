@@ -66,6 +66,7 @@ class Summary:
     best_step: int
     best_path: str
     stopped_by: str
+    kept: str = "best"  # train.keep: with "last", best_value / best_step describe the last evaluated weights
 
     @property
     def tokens_per_second(self) -> float:
@@ -78,7 +79,7 @@ class Summary:
 
     def __str__(self) -> str:
         best = (
-            f"best {self.best_metric}={self.best_value:.4g} at step {self.best_step}"
+            f"{self.kept} {self.best_metric}={self.best_value:.4g} at step {self.best_step}"
             if math.isfinite(self.best_value)
             else f"no validation data: weights of step {self.best_step}"
         )
@@ -132,7 +133,8 @@ class Progress:
     tokens: int = 0
     elapsed: float = 0.0
     best: float = math.inf  # sign-adjusted: lower is better
-    best_step: int = 0
+    best_step: int = 0  # of the published weights (the best, or with train.keep=last the latest evaluated)
+    kept: float = math.inf  # sign-adjusted valid value of the latest evaluated weights (train.keep=last)
     bad_evals: int = 0
     snaps_done: int = 0
     bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
@@ -204,7 +206,7 @@ def fit(
 ) -> Summary:
     """Train ``model`` on ``train_data``; every ``eval_every`` steps ``validate(model)`` returns the metrics
     (``train.metric`` among them). Writes weights, state and metrics to ``out_dir``:
-    ``model.safetensors`` always holds the best weights so far.
+    ``model.safetensors`` always holds the best weights so far (``train.keep=last``: the latest evaluated).
 
     ``export(model)`` gives the plain model whose weights are published (best and snapshots), e.g. LoRA
     adapters merged into their base weights; the train state keeps ``model`` itself so a resume continues
@@ -241,6 +243,8 @@ def fit(
     if st is not None:
         load_optimizer_state(model, opt, st["optimizer"])
         torch.set_rng_state(st["rng"])
+        if device.type == "cuda" and "cuda_rng" in st:  # dropout on the GPU draws from the CUDA generator
+            torch.cuda.set_rng_state(st["cuda_rng"], device)
         pr = Progress(**st["progress"])
 
     def plain() -> torch.nn.Module | None:
@@ -265,6 +269,8 @@ def fit(
         if not is_main:
             return
         state = {"optimizer": optim_state, "rng": torch.get_rng_state(), "progress": asdict(pr)}
+        if device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(device)
         save_train_state(out / STATE_DIR, full, state, pr.step)
 
     batches = epoch_batches(pr.epoch)
@@ -419,13 +425,15 @@ def fit(
             unvalidated = result.get("n") == 0
             improved = unvalidated or sign * value < pr.best
             if improved:
-                pr.best_step, pr.bad_evals = step, 0
+                pr.bad_evals = 0
                 if not unvalidated:
                     pr.best = sign * value
-                if is_main:
-                    save_weights(export(full), out / WEIGHTS_FILE)
             else:
                 pr.bad_evals += 1
+            if improved or tc.keep == "last":
+                pr.best_step, pr.kept = step, (math.inf if unvalidated else sign * value)
+                if is_main:
+                    save_weights(export(full), out / WEIGHTS_FILE)
             record = {
                 "step": step,
                 "epoch": pr.epoch,
@@ -455,15 +463,17 @@ def fit(
                 stopped_by = f"early stopping ({tc.patience} evals without improvement)"
                 break
     bar.close()
+    kept = pr.kept if tc.keep == "last" else pr.best
     return Summary(
         steps=pr.step,
         tokens=pr.tokens,
         seconds=time.perf_counter() - t0,
         best_metric=metric,
-        best_value=sign * pr.best if math.isfinite(pr.best) else math.nan,
+        best_value=sign * kept if math.isfinite(kept) else math.nan,
         best_step=pr.best_step,
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
+        kept=tc.keep,
     )
 
 
