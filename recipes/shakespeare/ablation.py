@@ -8,7 +8,8 @@ Usage::
 For every task (genre, next line), seed and arm (``pretrained``: ``bigseq finetune --init RUN``;
 ``scratch``: ``--from-scratch``, the same tokenizer and architecture with random weights) it fine-tunes with
 the task's YAML (genre.yaml / nextline.yaml), the given seed and exactly ``--steps`` optimizer steps, then
-evaluates the best checkpoint (chosen on valid) on the held-out plays. Both arms share every setting but
+evaluates the weights the run publishes on the held-out plays (``train.keep`` in the task's YAML: genre keeps
+the final weights, next line the best on valid loss). Both arms share every setting but
 the initial weights, so they also take the same wall time per step (reported). The seed sets the model
 initialisation of the scratch arm, the batch order and dropout of both.
 
