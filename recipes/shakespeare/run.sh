@@ -25,14 +25,14 @@ $PY $R/ablation.py --init $R/runs/pretrain --data $R/data --out $R/runs/ablation
 # rate), then the genre ablation with 1,000 fine-tuning steps.
 rm -rf $R/runs/pretrain-50 && cp -r $R/runs/pretrain $R/runs/pretrain-50
 .venv/bin/bigseq pretrain --config $R/pretrain.yaml --text "$R/data/corpus/*.txt" --out $R/runs/pretrain-50 \
-  --resume --max-minutes 50 --max-steps 1000000 --set "train.precision=$PRECISION" --set "$KEEP" --set "$BATCHES"
+  --resume --max-minutes 50 --max-steps 1000000 --set "train.precision=$PRECISION" --set "$BATCHES"
 $PY $R/ablation.py --init $R/runs/pretrain-50 --data $R/data --out $R/runs/ablation-50 --tasks genre --seeds 1 2 3 \
   --genre-steps 1000 --set "train.precision=$PRECISION" --set "$KEEP" --set "$BATCHES"
 # The objective comparison (RESULTS.md, "Span corruption instead of prefix LM"): a fresh span-corruption
 # pretraining of 3,000 steps (about the tokens of the 50-minute prefix run), then genre fine-tuning from it
 # (only seed 1 was measured).
 .venv/bin/bigseq pretrain --config $R/pretrain.yaml --text "$R/data/corpus/*.txt" --out $R/runs/pretrain-span \
-  --objective span --max-steps 3000 --max-minutes 60 --set "train.precision=$PRECISION" --set "$KEEP" --set "$BATCHES"
+  --objective span --max-steps 3000 --max-minutes 60 --set "train.precision=$PRECISION" --set "$BATCHES"
 $PY $R/ablation.py --init $R/runs/pretrain-span --data $R/data --out $R/runs/ablation-span --tasks genre \
   --seeds 1 --arms pretrained --genre-steps 1000 --set "train.precision=$PRECISION" --set "$KEEP" --set "$BATCHES"
 # Regularised fine-tuning (RESULTS.md, "Regularised fine-tuning"): LoRA rank 16 and frozen embeddings, seed 1.
