@@ -134,7 +134,7 @@ class Progress:
     elapsed: float = 0.0
     best: float = math.inf  # sign-adjusted: lower is better
     best_step: int = 0  # of the published weights (the best, or with train.keep=last the latest evaluated)
-    kept: float = math.inf  # sign-adjusted valid value of the latest evaluated weights (train.keep=last)
+    kept_value: float = math.inf  # sign-adjusted valid value of the latest evaluated weights (keep=last)
     bad_evals: int = 0
     snaps_done: int = 0
     bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
@@ -431,7 +431,7 @@ def fit(
             else:
                 pr.bad_evals += 1
             if improved or tc.keep == "last":
-                pr.best_step, pr.kept = step, (math.inf if unvalidated else sign * value)
+                pr.best_step, pr.kept_value = step, (math.inf if unvalidated else sign * value)
                 if is_main:
                     save_weights(export(full), out / WEIGHTS_FILE)
             record = {
@@ -463,13 +463,13 @@ def fit(
                 stopped_by = f"early stopping ({tc.patience} evals without improvement)"
                 break
     bar.close()
-    kept = pr.kept if tc.keep == "last" else pr.best
+    published = pr.kept_value if tc.keep == "last" else pr.best
     return Summary(
         steps=pr.step,
         tokens=pr.tokens,
         seconds=time.perf_counter() - t0,
         best_metric=metric,
-        best_value=sign * kept if math.isfinite(kept) else math.nan,
+        best_value=sign * published if math.isfinite(published) else math.nan,
         best_step=pr.best_step,
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
