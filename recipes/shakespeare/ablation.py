@@ -50,6 +50,8 @@ def run_one(task: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
         shutil.rmtree(out)
     config, _ = TASKS[task]
     overrides = [*args.set, f"train.seed={seed}", f"train.max_steps={args.steps[task]}"]
+    if arm == "scratch":  # WiSE-FT mixes in the init run's weights; random ones are no starting point to keep
+        overrides.append("train.wise_alpha=1")
     cfg = build_config(HERE / config, overrides=overrides)
     cfg.validate()
     print(f"\n=== {task} / {arm} / seed {seed}: {args.steps[task]} steps ===", flush=True)

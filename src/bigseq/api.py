@@ -29,6 +29,7 @@ from bigseq.errors import BigseqError, ConfigError, DataError
 from bigseq.evaluation import closed_label_set, evaluate, model_device, teacher_forced_loss, translate
 from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
+from bigseq.models.wise import init_state, mix_with_init
 from bigseq.search import score_targets
 from bigseq.tokenizer import Tokenizer, TokenizerPair, build_tokenizers
 from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, WEIGHTS_FILE, atomic_write, load_weights
@@ -266,7 +267,7 @@ def _fit(
     total = count_parameters(model)
     share = f" ({trainable:,} trainable)" if trainable != total else ""
     log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
-    summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=merged)
+    summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=_export(cfg, log))
     record = {**summary.as_dict(), **(report or {})}
     if setup().is_main:
         (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -285,6 +286,7 @@ def train(
     """Read data, train (or reuse, when resuming) the tokenizers, build the model and run the loop."""
     out = Path(out_dir)
     world = setup()
+    _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
     # first: the saved data settings say how to read the data
     cfg = _resumed(cfg, out, log) if resume else cfg
@@ -376,6 +378,7 @@ def finetune(
     """
     init, out = Path(init_dir), Path(out_dir)
     world = setup()
+    _check_wise(cfg, has_init=not from_scratch)
     log = _quiet_unless_main(world, log)
     # first: the saved data settings say how to read the data
     cfg = _resumed(cfg, out, log) if resume else cfg
@@ -406,6 +409,27 @@ def finetune(
     return _fit(
         cfg, model, data, _task_validate(cfg, toks, valid_ex), out, resume, progress, log, what, report
     )
+
+
+def _export(cfg: Config, log: Any) -> Any:
+    """What the loop validates and publishes for ``model``: LoRA adapters merged into plain weights, and with
+    ``train.wise_alpha`` < 1 the result mixed with the init run's weights (WiSE-FT)."""
+    alpha = cfg.train.wise_alpha
+    if alpha == 1.0:
+        return merged
+    _check_wise(cfg, has_init=cfg.train.init is not None)
+    start = init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE)
+    log(f"validated and published: {alpha:g} x fine-tuned + {1 - alpha:g} x the weights of {cfg.train.init}")
+    return lambda model: mix_with_init(merged(model), start, alpha)
+
+
+def _check_wise(cfg: Config, has_init: bool) -> None:
+    """Refuse ``train.wise_alpha`` < 1 for a run without init weights, before anything is written."""
+    if cfg.train.wise_alpha < 1.0 and not has_init:
+        raise ConfigError(
+            f"train.wise_alpha={cfg.train.wise_alpha:g} mixes the fine-tuned weights with the init run's, but "
+            "this run starts from random weights; use it with bigseq finetune --init RUN_DIR (not --from-scratch)"
+        )
 
 
 # What a fine-tuning run may change in the model section: regularisation, not the shapes of the weights.
@@ -467,6 +491,7 @@ def pretrain(
     ``OUT/shards``), reused while the text and the tokenizer are unchanged."""
     out = Path(out_dir)
     world = setup()
+    _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
     files = resolve_inputs(texts)
     if resume:

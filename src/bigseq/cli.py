@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep this part fixed (repeatable)")  # fmt: skip
     ft.add_argument("--lora-rank", type=int, help="train rank-r LoRA adapters instead of the weights")
     ft.add_argument("--lora-alpha", type=float, help="LoRA scale alpha (adapters scaled by alpha/rank)")
+    ft.add_argument(
+        "--wise-alpha",
+        type=float,
+        help="validate and publish A x fine-tuned + (1 - A) x the init run's weights (WiSE-FT; 1 = off)",
+    )
     ft.add_argument("--from-scratch", action="store_true",
                     help="same tokenizer and architecture as --init but random weights (ablation control)")  # fmt: skip
     _add_run_flags(ft)
@@ -148,6 +153,7 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - returns bigseq.config.C
         pretrain__objective=getattr(args, "objective", None),
         train__lora_rank=getattr(args, "lora_rank", None),
         train__lora_alpha=getattr(args, "lora_alpha", None),
+        train__wise_alpha=getattr(args, "wise_alpha", None),
     )
     if freeze:
         cfg.train.freeze = list(dict.fromkeys([*cfg.train.freeze, *freeze]))

@@ -138,6 +138,9 @@ class TrainConfig:
     lora_rank: int = 0  # > 0: train rank-r adapters on every linear layer but the output head, base frozen
     lora_alpha: float = 16.0  # adapter scale alpha / rank (as in the LoRA paper)
     init: str | None = None  # the run whose weights this one started from (set by bigseq finetune)
+    # Fine-tuning: validate and publish wise_alpha * fine-tuned + (1 - wise_alpha) * init weights (WiSE-FT,
+    # bigseq.models.wise); 1 = the fine-tuned weights. The train state keeps the fine-tuned ones.
+    wise_alpha: float = 1.0
     precision: str = "auto"  # auto (bf16 autocast on CUDA devices with bf16, else fp32) | fp32 | bf16
     activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     # Under torchrun: ddp (a full replica per rank) | fsdp (parameters sharded across ranks).
@@ -174,6 +177,10 @@ class TrainConfig:
             raise ConfigError(f"train.lora_rank must be >= 0, got {self.lora_rank}")
         if self.lora_alpha <= 0:
             raise ConfigError(f"train.lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0.0 < self.wise_alpha <= 1.0:
+            raise ConfigError(
+                f"train.wise_alpha must be in (0, 1] (1 = the fine-tuned weights), got {self.wise_alpha}"
+            )
 
 
 @dataclass

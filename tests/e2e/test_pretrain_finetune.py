@@ -160,6 +160,53 @@ def test_finetune_may_set_dropout(pretrained, tmp_path):
     assert {**vars(tuned), "dropout": init.dropout} == vars(init)
 
 
+def test_wise_finetune_validates_and_publishes_the_mixed_weights(pretrained, tmp_path, capsys):
+    """train.wise_alpha=0.25: model.safetensors = 0.25 x the fine-tuned weights (kept in the train state) +
+    0.75 x the pretrained ones, and the valid figures logged are those of the published model."""
+    run, train, valid = pretrained
+    out = tmp_path / "wise"
+    args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--out", str(out)]
+    args += ["--max-steps", "20", *FAST, "--set", "train.wise_alpha=0.25", "--set", "train.keep=last"]
+    assert main([*args, "--set", "train.eval_every=20", "--set", "train.lr=3e-3"]) == 0
+    pre, tuned = load_file(run / "model.safetensors"), load_file(state_weights(out))
+    published = load_file(out / "model.safetensors")
+    assert published.keys() == tuned.keys() == pre.keys()
+    for key, value in published.items():
+        torch.testing.assert_close(value, 0.25 * tuned[key] + 0.75 * pre[key])
+    moved = [k for k in published if not torch.equal(tuned[k], pre[k])]  # by fine-tuning
+    assert moved and not any(torch.equal(published[k], tuned[k]) for k in moved)
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--data", str(valid)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["loss"] == pytest.approx(logged["valid_loss"], rel=1e-5)
+    assert result["accuracy"] == logged["valid_accuracy"]
+
+
+def test_wise_needs_init_weights(pretrained, tmp_path, capsys):
+    run, train, valid = pretrained
+    wise = ["--quiet", "--wise-alpha", "0.5"]
+    args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--from-scratch"]
+    assert main([*args, "--out", str(tmp_path / "s"), *wise]) == 2
+    err = capsys.readouterr().err
+    assert "train.wise_alpha=0.5 mixes" in err and len(err.strip().splitlines()) == 1
+    train_args = [
+        "train",
+        "--train",
+        str(train),
+        "--valid",
+        str(valid),
+        "--out",
+        str(tmp_path / "t"),
+        "--quiet",
+    ]
+    assert main([*train_args, "--set", "train.wise_alpha=0.5"]) == 2
+    assert "--init RUN_DIR" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()  # nothing written
+    assert main([*args[:-1], "--out", str(tmp_path / "u"), "--quiet", "--wise-alpha", "0"]) == 2
+    assert "must be in (0, 1]" in capsys.readouterr().err
+
+
 PRETRAIN_BLOCK = "<!-- pretrain-example -->"
 
 

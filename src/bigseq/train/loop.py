@@ -208,9 +208,9 @@ def fit(
     (``train.metric`` among them). Writes weights, state and metrics to ``out_dir``:
     ``model.safetensors`` always holds the best weights so far (``train.keep=last``: the latest evaluated).
 
-    ``export(model)`` gives the plain model whose weights are published (best and snapshots), e.g. LoRA
-    adapters merged into their base weights; the train state keeps ``model`` itself so a resume continues
-    exactly.
+    ``export(model)`` gives the plain model whose weights are validated and published (best and snapshots),
+    e.g. LoRA adapters merged into their base weights, or weights mixed with the init run's (WiSE-FT); the
+    train state keeps ``model`` itself so a resume continues exactly.
 
     Each ``metrics.jsonl`` record also holds ``train_loss``, the mean training loss since the previous
     evaluation (after a resume: since the resume)."""
@@ -417,8 +417,11 @@ def fit(
                 continue
 
             # --- evaluate, log, keep the best, save the train state ---
-            full = plain()
-            result = world.share(validate(full) if is_main else None)
+            # Validate what would be published (e.g. LoRA merged, WiSE-FT mixed), so that the figure logged and
+            # the choice of the best are about those weights.
+            full = plain()  # a collective under FSDP: every rank takes part
+            published = export(full) if is_main else None
+            result = world.share(validate(published) if is_main else None)
             model.train()
             value = result[metric]
             # Nothing to validate on (e.g. pretrain.valid_windows=0): the latest weights are published.
@@ -433,7 +436,7 @@ def fit(
             if improved or tc.keep == "last":
                 pr.best_step, pr.kept_value = step, (math.inf if unvalidated else sign * value)
                 if is_main:
-                    save_weights(export(full), out / WEIGHTS_FILE)
+                    save_weights(published, out / WEIGHTS_FILE)
             record = {
                 "step": step,
                 "epoch": pr.epoch,
