@@ -197,11 +197,12 @@ def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
 
 
 def _saved(cfg: Config, out: Path) -> Config:
-    """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), and the
-    saved batch-order settings (``BATCH_ORDER_KEYS``); other train / search settings as given now (e.g. a
-    longer --max-steps)."""
+    """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), the
+    saved batch-order settings (``BATCH_ORDER_KEYS``) and the run it started from (``train.init``); other
+    train / search settings as given now (e.g. a longer --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
-    train = replace(cfg.train, **{key: getattr(saved.train, key) for key in BATCH_ORDER_KEYS})
+    kept = {key: getattr(saved.train, key) for key in (*BATCH_ORDER_KEYS, "init")}
+    train = replace(cfg.train, **kept)
     return replace(
         cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics, train=train
     )

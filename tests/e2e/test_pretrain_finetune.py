@@ -272,8 +272,11 @@ def test_pretrain_and_lora_finetune_resume_exactly(pretrained, tmp_path):
             assert main([*args, *(["--resume"] if i else [])]) == 0
     _same_weights(tmp_path / "p-straight", tmp_path / "p-resumed")
     data = ["--init", str(run), "--train", str(train), "--valid", str(valid), "--lora-rank", "4"]
+    data += ["--wise-alpha", "0.5"]  # the resumed run must still find the init weights to mix in
     for out, steps in ((tmp_path / "f-straight", ["8"]), (tmp_path / "f-resumed", ["4", "8"])):
         for i, n in enumerate(steps):
             args = ["finetune", *data, "--out", str(out), "--max-steps", n, *common]
             assert main([*args, *(["--resume"] if i else [])]) == 0
     _same_weights(tmp_path / "f-straight", tmp_path / "f-resumed")
+    published = [load_file(tmp_path / d / "model.safetensors") for d in ("f-straight", "f-resumed")]
+    assert all(torch.equal(published[0][k], published[1][k]) for k in published[0])
