@@ -125,9 +125,12 @@ def load(
     quantize: str = "none",
     compile: bool = False,
     device: str = "cpu",
+    wise_alpha: float = 1.0,
 ) -> Seq2SeqRun:
     """Load a run directory (config.yaml, tokenizer.json, model.safetensors); ``weights`` picks another
-    weights file (e.g. a snapshot). For faster CPU inference (see :mod:`bigseq.speed`): ``quantize="int8"``
+    weights file (e.g. a snapshot). ``wise_alpha`` < 1 (a fine-tuned run) mixes those weights with the init
+    run's, as ``train.wise_alpha`` does when training: to try mixes of a finished run, pass its fine-tuned
+    weights (``train_state/weights-*.safetensors``). For faster CPU inference (see :mod:`bigseq.speed`): ``quantize="int8"``
     (linear and GRU layers in int8; outputs may differ slightly from the float model's), ``quantize="bf16"``
     (all weights in bfloat16: GPUs, and AMX CPUs at batch 16+; the same caveat) or ``compile=True``
     (torch.compile; tens of seconds up front, for large decoding jobs). The two do not combine.
@@ -146,12 +149,32 @@ def load(
     toks = TokenizerPair.load(run_dir)
     model = build_model(cfg.model)
     load_weights(model, weights or run_dir / WEIGHTS_FILE)
+    if wise_alpha != 1.0:
+        model = _mixed_for_loading(model, cfg, run_dir, weights, wise_alpha)
     model = speed.quantize(model.eval().to(target), quantize)
     if quantize == "none" and target.type == "cpu":
         speed.decode_layout(model)  # fp32 linear layers ~1.5x faster at decoding's few rows
     if compile:
         speed.compile_for_inference(model)
     return Seq2SeqRun(run_dir, cfg, toks, model)
+
+
+def _mixed_for_loading(
+    model: torch.nn.Module, cfg: Config, run_dir: Path, weights: str | Path | None, alpha: float
+) -> torch.nn.Module:
+    """``model`` (just loaded) mixed with the weights of the run it was fine-tuned from (``load(wise_alpha=)``)."""
+    if not 0.0 < alpha <= 1.0:
+        raise ConfigError(f"wise_alpha must be in (0, 1] (1 = the weights as they are), got {alpha}")
+    if cfg.train.init is None:
+        raise ConfigError(
+            f"{run_dir}: wise_alpha needs a fine-tuned run (train.init in its config); it has none"
+        )
+    if weights is None and cfg.train.wise_alpha != 1.0:
+        raise ConfigError(
+            f"{run_dir}/{WEIGHTS_FILE} is already mixed (train.wise_alpha={cfg.train.wise_alpha:g}); pass its "
+            f"fine-tuned weights (--weights {run_dir}/{STATE_DIR}/weights-*.safetensors) to mix them anew"
+        )
+    return mix_with_init(model, init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE), alpha)
 
 
 def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, float]]) -> None:

@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each example's output (line, source, targets, prediction, log_prob, correct) here",
     )  # fmt: skip
     _add_search_flags(e)
+    e.add_argument(
+        "--wise-alpha", type=float, default=1.0, metavar="A",
+        help="a fine-tuned run: score A x the weights + (1 - A) x its init run's (WiSE-FT), e.g. to choose A on "
+        "valid from the fine-tuned weights in RUN_DIR/train_state/",
+    )  # fmt: skip
 
     pl = sub.add_parser("plot", help="draw a run's learning curves (metrics.jsonl) into a PNG")
     pl.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -215,8 +220,9 @@ def _generate(args: argparse.Namespace) -> None:
     from bigseq.data.readers import read_lines
 
     run = api.load(
-        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device
-    )
+        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
+        wise_alpha=args.wise_alpha,
+    )  # fmt: skip
     lines = read_lines(sys.stdin)
     results = run.generate_n_best(lines, seed=args.seed, **_search_overrides(args))
     for hyps in results:
@@ -227,8 +233,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     from bigseq import api
 
     run = api.load(
-        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device
-    )
+        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
+        wise_alpha=args.wise_alpha,
+    )  # fmt: skip
     result = run.evaluate(args.data, predictions=args.predictions, **_search_overrides(args))
     print(json.dumps(result))
 

@@ -181,6 +181,15 @@ def test_wise_finetune_validates_and_publishes_the_mixed_weights(pretrained, tmp
     result = json.loads(capsys.readouterr().out)
     assert result["loss"] == pytest.approx(logged["valid_loss"], rel=1e-5)
     assert result["accuracy"] == logged["valid_accuracy"]
+    # evaluate --wise-alpha mixes a finished run's fine-tuned weights anew: the same model as published
+    evaluate = ["evaluate", str(out), "--data", str(valid), "--wise-alpha", "0.25"]
+    assert main([*evaluate, "--weights", str(state_weights(out))]) == 0
+    remixed = json.loads(capsys.readouterr().out)
+    assert remixed["loss"] == pytest.approx(result["loss"], rel=1e-5)
+    assert main(evaluate) == 2  # model.safetensors is mixed already: mixing it again is refused
+    assert "already mixed (train.wise_alpha=0.25)" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--data", str(valid), "--wise-alpha", "0.5"]) == 2  # not fine-tuned
+    assert "needs a fine-tuned run" in capsys.readouterr().err
 
 
 def test_wise_needs_init_weights(pretrained, tmp_path, capsys):
