@@ -199,17 +199,10 @@ def test_wise_needs_init_weights(pretrained, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "s"), *wise]) == 2
     err = capsys.readouterr().err
     assert "train.wise_alpha=0.5 mixes" in err and len(err.strip().splitlines()) == 1
-    train_args = [
-        "train",
-        "--train",
-        str(train),
-        "--valid",
-        str(valid),
-        "--out",
-        str(tmp_path / "t"),
-        "--quiet",
-    ]
-    assert main([*train_args, "--set", "train.wise_alpha=0.5"]) == 2
+    data = ["--train", str(train), "--valid", str(valid)]
+    assert (
+        main(["train", *data, "--out", str(tmp_path / "t"), "--quiet", "--set", "train.wise_alpha=0.5"]) == 2
+    )
     assert "--init RUN_DIR" in capsys.readouterr().err
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()  # nothing written
     assert main([*args[:-1], "--out", str(tmp_path / "u"), "--quiet", "--wise-alpha", "0"]) == 2
