@@ -9,8 +9,9 @@ For every task (genre, next line), seed and arm (``pretrained``: ``bigseq finetu
 ``scratch``: ``--from-scratch``, the same tokenizer and architecture with random weights) it fine-tunes with
 the task's YAML (genre.yaml / nextline.yaml), the given seed and exactly ``--steps`` optimizer steps, then
 evaluates the weights the run publishes on the held-out plays (``train.keep`` in the task's YAML: genre keeps
-the final weights, next line the best on valid loss). Both arms share every setting but
-the initial weights, so they also take the same wall time per step (reported). The seed sets the model
+the final weights, next line the best on valid loss; genre mixes them with the pretrained weights,
+``train.wise_alpha``, which the scratch arm has none of: it runs unmixed). Both arms share every other setting
+and the same steps, so they also take the same wall time per step (reported). The seed sets the model
 initialisation of the scratch arm, the batch order and dropout of both.
 
 Finished runs are skipped, so the script can be stopped and started again. It writes
