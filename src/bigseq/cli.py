@@ -57,6 +57,11 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--length-penalty", type=float, help="rank finished beams by score / length**alpha")
     g.add_argument("--batch-size", type=int, help="sentences decoded together")
     g.add_argument("--weights", type=Path, help="another weights file of the run (e.g. a snapshot)")
+    g.add_argument(
+        "--wise-alpha", type=float, default=1.0, metavar="A",
+        help="a fine-tuned run: use A x the weights + (1 - A) x its init run's (WiSE-FT), e.g. to choose A on "
+        "valid from the fine-tuned weights in RUN_DIR/train_state/",
+    )  # fmt: skip
     g.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
                    help="int8: linear and GRU layers in int8 for faster CPU inference; bf16: all weights in "
                    "bfloat16 (GPUs; CPUs with AMX at batch sizes of 16+, not for single inputs). Outputs may "
@@ -129,11 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each example's output (line, source, targets, prediction, log_prob, correct) here",
     )  # fmt: skip
     _add_search_flags(e)
-    e.add_argument(
-        "--wise-alpha", type=float, default=1.0, metavar="A",
-        help="a fine-tuned run: score A x the weights + (1 - A) x its init run's (WiSE-FT), e.g. to choose A on "
-        "valid from the fine-tuned weights in RUN_DIR/train_state/",
-    )  # fmt: skip
 
     pl = sub.add_parser("plot", help="draw a run's learning curves (metrics.jsonl) into a PNG")
     pl.add_argument("run_dir", type=Path, metavar="RUN_DIR")
