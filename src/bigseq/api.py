@@ -452,7 +452,8 @@ def _check_wise(cfg: Config, has_init: bool) -> None:
     if cfg.train.wise_alpha < 1.0 and not has_init:
         raise ConfigError(
             f"train.wise_alpha={cfg.train.wise_alpha:g} mixes the fine-tuned weights with the init run's, but "
-            "this run starts from random weights; use it with bigseq finetune --init RUN_DIR (not --from-scratch)"
+            "this run starts from random weights: set --wise-alpha 1 (train.wise_alpha=1) for it, or mix only runs "
+            "of bigseq finetune --init RUN_DIR (not --from-scratch)"
         )
 
 
