@@ -88,6 +88,15 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     return GRUSeq2Seq(cfg)
 
 
+def model_with_state(cfg: ModelConfig, state: dict[str, Tensor]) -> nn.Module:
+    """A model of ``cfg`` holding ``state`` (a full state dict). Its throwaway random initialisation runs
+    inside ``fork_rng``, so building it leaves the global RNG as it was (an exact resume depends on it)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg)
+    model.load_state_dict(state)
+    return model
+
+
 def count_parameters(model: nn.Module) -> int:
     """Distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from bigseq.errors import ConfigError
-from bigseq.models.base import build_model
+from bigseq.models.base import model_with_state
 
 
 class LoRA(nn.Module):
@@ -66,9 +66,8 @@ def merged(model: nn.Module) -> nn.Module:
     """A plain model (same config, no parametrizations) whose weights are ``model``'s with every adapter
     folded in (``W + scale * B @ A``); ``model`` itself is untouched. Without adapters, ``model`` itself.
 
-    The copy is built inside ``fork_rng`` so that its throwaway random initialisation leaves the global RNG
-    as it was (an exact resume depends on it); deepcopy is avoided because parametrized modules do not
-    support it reliably."""
+    The copy is built by ``model_with_state`` (the global RNG stays as it was); deepcopy is avoided because
+    parametrized modules do not support it reliably."""
     if not has_lora(model):
         return model
     state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
@@ -76,10 +75,7 @@ def merged(model: nn.Module) -> nn.Module:
         for name, m in model.named_modules():
             if parametrize.is_parametrized(m, "weight"):
                 state[f"{name}.weight"] = m.weight.detach().clone()
-    with torch.random.fork_rng(devices=[]):
-        plain = build_model(model.config)
-    plain.load_state_dict(state)
-    return plain.train(model.training)
+    return model_with_state(model.config, state).train(model.training)
 
 
 def freeze(model: nn.Module, parts: list[str]) -> int:

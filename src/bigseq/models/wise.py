@@ -17,17 +17,14 @@ from torch import Tensor, nn
 
 from bigseq.config import ModelConfig
 from bigseq.errors import BigseqError
-from bigseq.models.base import build_model
+from bigseq.models.base import build_model, model_with_state
 from bigseq.train.checkpoint import load_weights
 
 
 def mix_with_init(model: nn.Module, init: dict[str, Tensor], alpha: float) -> nn.Module:
     """A plain copy of ``model`` whose floating-point weights are ``alpha * model + (1 - alpha) * init``
     (``init``: a state dict of the same architecture, e.g. the pretrained run's weights); integer buffers are
-    ``model``'s. ``model`` itself is untouched. With ``alpha == 1``, ``model`` itself.
-
-    The copy is built inside ``fork_rng`` so that its throwaway random initialisation leaves the global RNG as
-    it was (an exact resume depends on it)."""
+    ``model``'s. ``model`` itself is untouched (and the global RNG too). With ``alpha == 1``, ``model`` itself."""
     if alpha == 1.0:
         return model
     state = model.state_dict()
@@ -45,11 +42,8 @@ def mix_with_init(model: nn.Module, init: dict[str, Tensor], alpha: float) -> nn
                 )
             # lerp(start, end, w) = start + w * (end - start): alpha of the way from the init to the model.
             mixed[key] = torch.lerp(start, value, alpha) if value.is_floating_point() else value.clone()
-    with torch.random.fork_rng(devices=[]):
-        plain = build_model(model.config)
-    plain.load_state_dict(mixed)
     device = next(model.parameters()).device
-    return plain.to(device).train(model.training)
+    return model_with_state(model.config, mixed).to(device).train(model.training)
 
 
 def init_state(config: ModelConfig, weights: str | Path) -> dict[str, Tensor]:

@@ -466,13 +466,13 @@ def fit(
                 stopped_by = f"early stopping ({tc.patience} evals without improvement)"
                 break
     bar.close()
-    published = pr.kept_value if tc.keep == "last" else pr.best
+    final = pr.kept_value if tc.keep == "last" else pr.best  # sign-adjusted value of the published weights
     return Summary(
         steps=pr.step,
         tokens=pr.tokens,
         seconds=time.perf_counter() - t0,
         best_metric=metric,
-        best_value=sign * published if math.isfinite(published) else math.nan,
+        best_value=sign * final if math.isfinite(final) else math.nan,
         best_step=pr.best_step,
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
