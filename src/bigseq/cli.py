@@ -248,28 +248,44 @@ def _plot(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    code, finished = 0, False
     try:
         verbs = {"train": _train, "pretrain": _pretrain, "finetune": _finetune, "generate": _generate,
                  "evaluate": _evaluate, "plot": _plot}  # fmt: skip
         verbs[args.verb](args)
+        finished = True
     except BigseqError as e:
         print(f"bigseq {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        code = 2
     except KeyboardInterrupt:
         print(f"bigseq {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     finally:
-        _leave_process_group()
-    return 0
+        left = _leave_process_group(finished)
+    if left:
+        # A rank of a torchrun job ends here, without the interpreter's teardown: its static destructors
+        # still aborted a rank of a finished 2-process run ("terminate called without an active exception",
+        # SIGABRT, once in CI with the destroy call below already in place), which fails the whole job.
+        # Everything the run writes is closed by now; only the standard streams may hold buffered text.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
-def _leave_process_group() -> None:
-    """Under torchrun: shut the process group down before the interpreter exits. Left to static destructors,
-    its threads were destroyed while still running ("terminate called without an active exception", a rank
-    aborting with SIGABRT after a finished run: seen in the 2-process test)."""
+def _leave_process_group(finished: bool) -> bool:
+    """Under torchrun: shut the process group down before the interpreter exits; True when there was one.
+    Left to static destructors, its threads were destroyed while still running ("terminate called without
+    an active exception", a rank aborting with SIGABRT after a finished run: seen in the 2-process test).
+    After a finished run the ranks first meet at a barrier, so that none tears its connections down while
+    a peer is still in a collective; after a failure they do not (a peer may never arrive)."""
     torch = sys.modules.get("torch")  # never import torch just for this
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return False
+    if finished:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    return True
 
 
 if __name__ == "__main__":
