@@ -32,7 +32,14 @@ from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.models.wise import init_state, mix_with_init
 from bigseq.search import score_targets
 from bigseq.tokenizer import Tokenizer, TokenizerPair, build_tokenizers
-from bigseq.train.checkpoint import STATE_DIR, STATE_FILE, WEIGHTS_FILE, atomic_write, load_weights
+from bigseq.train.checkpoint import (
+    STATE_DIR,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    atomic_write,
+    load_weights,
+    weights_sha256,
+)
 from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import EpochData, Summary, Validate, fit
 
@@ -174,7 +181,8 @@ def _mixed_for_loading(
             f"{run_dir}/{WEIGHTS_FILE} is already mixed (train.wise_alpha={cfg.train.wise_alpha:g}); pass its "
             f"fine-tuned weights (--weights {run_dir}/{STATE_DIR}/weights-*.safetensors) to mix them anew"
         )
-    return mix_with_init(model, init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE), alpha)
+    start = init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE, cfg.train.init_sha256)
+    return mix_with_init(model, start, alpha)
 
 
 def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, float]]) -> None:
@@ -221,10 +229,11 @@ def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
 
 def _saved(cfg: Config, out: Path) -> Config:
     """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), the
-    saved batch-order settings (``BATCH_ORDER_KEYS``) and the run it started from (``train.init``); other
+    saved batch-order settings (``BATCH_ORDER_KEYS``) and the run it started from (``train.init``, with its
+    weights' digest ``train.init_sha256``); other
     train / search settings as given now (e.g. a longer --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
-    kept = {key: getattr(saved.train, key) for key in (*BATCH_ORDER_KEYS, "init")}
+    kept = {key: getattr(saved.train, key) for key in (*BATCH_ORDER_KEYS, "init", "init_sha256")}
     train = replace(cfg.train, **kept)
     return replace(
         cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics, train=train
@@ -414,11 +423,13 @@ def finetune(
             )
         init_cfg = Config.load(init / CONFIG_FILE)
         toks = TokenizerPair.load(init)
+        init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
         _new_run_dir(out)
         cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
         for key in ("src_tokenizer", "tgt_tokenizer", "vocab_size", "shared_vocab"):
             setattr(cfg.data, key, getattr(init_cfg.data, key))
         cfg.train.init = None if from_scratch else str(init.resolve())
+        cfg.train.init_sha256 = init_sha256
         _use_labels(cfg, train_ex, log)
         cfg.validate()
         toks.save(out)
@@ -442,7 +453,7 @@ def _export(cfg: Config, log: Any) -> Any:
     if alpha == 1.0:
         return merged
     _check_wise(cfg, has_init=cfg.train.init is not None)
-    start = init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE)
+    start = init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE, cfg.train.init_sha256)
     log(f"validated and published: {alpha:g} x fine-tuned + {1 - alpha:g} x the weights of {cfg.train.init}")
     return lambda model: mix_with_init(merged(model), start, alpha)
 

@@ -141,6 +141,9 @@ class TrainConfig:
     # Fine-tuning: validate and publish wise_alpha * fine-tuned + (1 - wise_alpha) * init weights (WiSE-FT,
     # bigseq.models.wise); 1 = the fine-tuned weights. The train state keeps the fine-tuned ones.
     wise_alpha: float = 1.0
+    # sha256 of the init run's model.safetensors when this run started (set by bigseq finetune): mixing
+    # refuses an init file that has changed since (e.g. a pretraining resumed in the same directory).
+    init_sha256: str | None = None
     precision: str = "auto"  # auto (bf16 autocast on CUDA devices with bf16, else fp32) | fp32 | bf16
     activation_checkpointing: bool = False  # recompute layer activations in backward: less memory, more time
     # Under torchrun: ddp (a full replica per rank) | fsdp (parameters sharded across ranks).

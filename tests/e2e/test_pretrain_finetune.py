@@ -1,16 +1,18 @@
 """pretrain -> finetune through the CLI: a tiny corpus, a tiny classification task learned to a real
 accuracy, exact weight loading, LoRA runs that publish plain weights, and clear errors."""
 
+import hashlib
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from bigseq import api
 from bigseq.cli import main
@@ -207,6 +209,35 @@ def test_wise_needs_init_weights(pretrained, tmp_path, capsys):
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()  # nothing written
     assert main([*args[:-1], "--out", str(tmp_path / "u"), "--quiet", "--wise-alpha", "0"]) == 2
     assert "must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_wise_refuses_init_weights_that_changed(pretrained, tmp_path, capsys):
+    """The digest of the init weights is recorded when fine-tuning starts; if the init run's
+    model.safetensors changes afterwards (e.g. its pretraining is resumed), mixing with it is refused with
+    one line -- on resume and in evaluate --wise-alpha -- and nothing of the run is touched."""
+    run, train, valid = pretrained
+    init = tmp_path / "lm"
+    shutil.copytree(run, init)  # the module's pretrained run stays as it is
+    before = hashlib.sha256((init / "model.safetensors").read_bytes()).hexdigest()
+    out = tmp_path / "wise"
+    args = ["finetune", "--init", str(init), "--train", str(train), "--valid", str(valid), "--out", str(out)]
+    args += [*FAST, "--wise-alpha", "0.5", "--set", "train.eval_every=4"]
+    assert main([*args, "--max-steps", "4"]) == 0
+    assert Config.load(out / "config.yaml").train.init_sha256 == before
+    evaluate = ["evaluate", str(out), "--data", str(valid), "--weights", str(state_weights(out))]
+    assert main([*evaluate, "--wise-alpha", "0.5"]) == 0  # unchanged init: the mix is allowed
+    weights = load_file(init / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, init / "model.safetensors")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "8", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "the init weights changed after this run was fine-tuned from them" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # nothing written
+    assert main([*evaluate, "--wise-alpha", "0.5"]) == 2
+    assert "recorded " + before[:12] in capsys.readouterr().err
+    assert main(evaluate) == 0  # the fine-tuned weights unmixed need no init weights
 
 
 PRETRAIN_BLOCK = "<!-- pretrain-example -->"

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from bigseq.config import ModelConfig
 from bigseq.errors import BigseqError
 from bigseq.models.base import build_model, model_with_state
-from bigseq.train.checkpoint import load_weights
+from bigseq.train.checkpoint import load_weights, weights_sha256
 
 
 def mix_with_init(model: nn.Module, init: dict[str, Tensor], alpha: float) -> nn.Module:
@@ -46,10 +46,18 @@ def mix_with_init(model: nn.Module, init: dict[str, Tensor], alpha: float) -> nn
     return model_with_state(model.config, mixed).to(device).train(model.training)
 
 
-def init_state(config: ModelConfig, weights: str | Path) -> dict[str, Tensor]:
+def init_state(config: ModelConfig, weights: str | Path, sha256: str | None = None) -> dict[str, Tensor]:
     """The state dict of ``config``'s model with the weights file ``weights`` loaded (on the CPU): what
     :func:`mix_with_init` mixes in. Loading through the model keeps tied weights and key names exactly as
-    the model's own ``state_dict`` has them."""
+    the model's own ``state_dict`` has them. ``sha256``: the file's digest when the run was fine-tuned from
+    it (``train.init_sha256``; None for runs from before it was recorded): a file that has changed since
+    is refused, since mixing other weights than the run started from would publish another model."""
+    if sha256 is not None and (now := weights_sha256(weights)) != sha256:
+        raise BigseqError(
+            f"{weights}: the init weights changed after this run was fine-tuned from them (sha256 "
+            f"{now[:12]}..., recorded {sha256[:12]}... in train.init_sha256); WiSE-FT mixes only the weights "
+            "the run started from: restore that file, or use the fine-tuned weights unmixed (--wise-alpha 1)"
+        )
     with torch.random.fork_rng(devices=[]):
         model = build_model(config)
     load_weights(model, weights)

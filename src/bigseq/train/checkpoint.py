@@ -12,6 +12,7 @@ The train state (``train_state/``) is two files that must belong to the same ste
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -64,6 +65,16 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
             for w in model.parameters():
                 w.data = w.data.contiguous()
     atomic_write(path, lambda tmp: save_model(model, tmp))
+
+
+def weights_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a weights file (what ``train.init_sha256`` records of a fine-tune's start)."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as e:
+        raise BigseqError(f"{path}: cannot read weights ({e.strerror})") from None
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
