@@ -29,7 +29,9 @@ fraction of this machine's measured fp32 matmul peak), ``scaling`` (our step tim
 ``gru`` (our GRU encoder-decoder against our Transformer; no peer in ``transformers``), ``bf16`` (both sides
 in bfloat16: training under ``torch.autocast`` with the loss in fp32, generation with bf16 copies of both
 models; with the bf16 matmul peak beside the fp32 one -- on CPUs with bf16 matrix units, Intel AMX, this is
-where CPU training is fastest, and batched decoding too).
+where CPU training is fastest, and batched decoding too). By default (``--sections auto``) the ``bf16`` section
+runs only on such CPUs: elsewhere bf16 is emulated (a training step 18x slower than fp32 on an AVX2-only AMD
+EPYC, where the section alone ran for over 20 minutes without finishing); ``--sections all`` runs it anyway.
 
 Where the ``ctranslate2`` package is installed, the generation sections have a third side: the same
 ``transformers`` model (its weights as its generation rows use them), converted to CTranslate2 in fp32 and
@@ -1110,6 +1112,8 @@ def markdown(res: dict[str, Any]) -> str:
             "Headline (lowest ratio over shapes / batches): "
             + ", ".join(f"{k} {res[k]:.2f}" for k in headline),
         ]
+    for section, why in res.get("skipped", {}).items():
+        lines += ["", f"Section {section} skipped: {why} (--sections all runs it)."]
     if res.get("note"):
         lines += ["", f"Note: {res['note']}"]
     return "\n".join(lines)
@@ -1127,13 +1131,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default="bench/results.json")
     ap.add_argument(
         "--sections",
-        default=",".join(ALL_SECTIONS),
-        help="comma-separated subset of " + ",".join(ALL_SECTIONS),
+        default="auto",
+        help="comma-separated subset of "
+        + ",".join(ALL_SECTIONS)
+        + "; all; auto (the default): all, but bf16 "
+        "only on CPUs with bf16 matrix units (elsewhere it is emulated and very slow)",
     )
     ap.add_argument("--_side", choices=("ours", "hf"), help=argparse.SUPPRESS)
     ap.add_argument("--_ct2", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.skipped = {}
+    if args.sections in ("all", "auto"):
+        sections = list(ALL_SECTIONS)
+        if args.sections == "auto" and not args._side and not args._ct2:
+            from bigseq.speed import cpu_bf16_pays
+
+            if not cpu_bf16_pays():
+                sections.remove("bf16")
+                args.skipped["bf16"] = "no bf16 matrix units (Intel AMX) on this CPU: bf16 is emulated here"
+    else:
+        sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(sections) - set(ALL_SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {','.join(ALL_SECTIONS)}")
@@ -1180,6 +1197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "note": p.note,
         "sections": sections,
+        "skipped": args.skipped,
     }
     ours, hf = build_ours(p), build_hf(p)
     res["hf_attn_implementation"] = hf.config._attn_implementation

@@ -54,6 +54,7 @@ def tiny_run(tmp_path_factory):
     """One run of the tiny preset, shared by the tests below: (completed process, results.json)."""
     out = tmp_path_factory.mktemp("bench") / "results.json"
     cmd = [sys.executable, str(SCRIPT), "--preset", "tiny-test", "--threads", "1", "--out", str(out)]
+    cmd += ["--sections", "all"]  # bf16 too, also on CPUs where it is emulated (and slow at real sizes)
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-4000:]
     return res, json.loads(out.read_text())
@@ -125,6 +126,22 @@ def test_tiny_preset_ctranslate2(tiny_run):
     # Greedy outputs identical. At this shape the random model repeats one token (the decoder start token),
     # so this also holds for a conversion that got only that right; the log-probabilities above do not.
     assert check["agreement"]["ct2_greedy"] == {"sequences": 1.0, "tokens": 1.0}, check
+
+
+def test_default_sections_skip_bf16_where_it_is_emulated(monkeypatch):
+    """--sections auto (the default) leaves bf16 out on CPUs without bf16 matrix units and says why in
+    results.json; --sections all and a named list keep it."""
+    import bigseq.speed
+
+    bench = _load_bench()
+    monkeypatch.setattr(bigseq.speed, "cpu_bf16_pays", lambda: False)
+    args = bench.parse_args([])
+    assert "bf16" not in args.section_list and "train" in args.section_list
+    assert "emulated" in args.skipped["bf16"]
+    assert bench.parse_args(["--sections", "all"]).section_list == list(bench.ALL_SECTIONS)
+    assert bench.parse_args(["--sections", "bf16"]).section_list == ["bf16"]
+    monkeypatch.setattr(bigseq.speed, "cpu_bf16_pays", lambda: True)
+    assert bench.parse_args([]).section_list == list(bench.ALL_SECTIONS)
 
 
 def test_small_preset_models_have_the_same_size():
