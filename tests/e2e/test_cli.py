@@ -24,11 +24,29 @@ def _train(train, valid, out, arch, steps, *extra):
     assert main(args) == 0
 
 
-@pytest.mark.parametrize(("arch", "steps"), [("transformer", 500), ("gru", 500)])
-def test_learns_to_reverse_strings(tmp_path, reverse_task, capsys, arch, steps):
-    train, valid = reverse_task
-    run = tmp_path / "run"
-    _train(train, valid, run, arch, steps, "--set", f"train.eval_every={steps}")
+STEPS = 500
+
+
+@pytest.fixture(scope="module")
+def reversing_run(tmp_path_factory):
+    """``reversing_run(arch)`` -> (run dir, train, valid): a model trained once per module and architecture
+    on the reverse task (training is most of these tests' time; the tests only read the run)."""
+    runs = {}
+
+    def get(arch):
+        if arch not in runs:
+            d = tmp_path_factory.mktemp(f"reverse-{arch}")
+            train, valid = write_reverse_task(d)
+            _train(train, valid, d / "run", arch, STEPS, "--set", f"train.eval_every={STEPS}")
+            runs[arch] = (d / "run", train, valid)
+        return runs[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru"])
+def test_learns_to_reverse_strings(tmp_path, reversing_run, capsys, arch):
+    run, _, valid = reversing_run(arch)
     capsys.readouterr()
     preds = tmp_path / "predictions.jsonl"
     assert main(["evaluate", str(run), "--data", str(valid), "--predictions", str(preds)]) == 0
@@ -51,13 +69,11 @@ def test_learns_to_reverse_strings(tmp_path, reverse_task, capsys, arch, steps):
     ):
         assert (run / name).is_file(), name
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["step"] == steps and record["valid_exact_match"] >= 0.95
+    assert record["step"] == STEPS and record["valid_exact_match"] >= 0.95
 
 
-def test_generate_keeps_one_line_per_input_in_order(tmp_path, reverse_task, capsys, monkeypatch):
-    train, valid = reverse_task
-    run = tmp_path / "run"
-    _train(train, valid, run, "gru", 500, "--set", "train.eval_every=500")
+def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monkeypatch):
+    run, _, _ = reversing_run("gru")  # the run of test_learns_to_reverse_strings[gru], trained once
     inputs = ["abcdef", "", "hgf", "abcdef", "dcbaabcd"]
     for flags in ([], ["--beam", "4"], ["--sample", "--seed", "1", "--temperature", "0.5"]):
         monkeypatch.setattr(sys, "stdin", _Lines(inputs))
