@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if left:
         # A rank of a torchrun job ends here, without the interpreter's teardown: its static destructors
         # still aborted a rank of a finished 2-process run ("terminate called without an active exception",
-        # SIGABRT, once in CI with the destroy call below already in place), which fails the whole job.
+        # SIGABRT, once in CI with _leave_process_group's destroy already in place), which fails the whole job.
         # Everything the run writes is closed by now; only the standard streams may hold buffered text.
         sys.stdout.flush()
         sys.stderr.flush()
