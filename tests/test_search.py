@@ -107,3 +107,47 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
     assert sample(5, top_p=1e-6) == greedy  # the nucleus keeps only the most likely token
     cold = sample(7, temperature=1e-4)
     assert cold == greedy
+
+
+def _repeats(tokens: list[int], n: int) -> bool:
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+def test_ban_repeats_on_hand_made_histories():
+    from bigseq.search import _ban_repeats
+
+    history = torch.tensor([[5, 6, 5], [7, 8, 9]])
+    banned = lambda n: [  # noqa: E731
+        sorted((row == float("-inf")).nonzero().squeeze(1).tolist())
+        for row in _ban_repeats(torch.zeros(2, 12), history, n)
+    ]
+    assert banned(1) == [[5, 6], [7, 8, 9]]  # no token twice
+    assert banned(2) == [[6], []]  # "5 6" is there: after the last 5, 6 would repeat it
+    assert banned(3) == [[], []]  # "6 5 x" has not occurred
+    assert banned(4) == [[], []]  # shorter than the n-gram: nothing to repeat yet
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kw", [{"beam": 1}, {"beam": 4, "n_best": 4}, {"sample": True, "temperature": 0.7}])
+def test_no_repeat_ngram_removes_repeats_and_keeps_model_scores(arch, kw):
+    model = _peaky(arch)
+    src, mask = _sources(16)
+    lens = max_lengths(mask, 2.0, 8, 100)  # long outputs: a random model loops
+
+    def run(n):
+        g = torch.Generator().manual_seed(0)
+        return generate(model, src, mask, lens, no_repeat_ngram=n, generator=g, **kw)
+
+    plain = [h.tokens for hs in run(0) for h in hs]
+    assert any(_repeats(t, 2) for t in plain)  # the test has something to remove
+    for n in (1, 2, 3):
+        hyps = run(n)
+        assert not any(_repeats(h.tokens, n) for hs in hyps for h in hs), n
+    # The scores are still the model's log-probabilities of the tokens chosen (nothing renormalised).
+    best = [hs[0] for hs in run(2)]
+    tgt = torch.full((len(best), max(len(h.tokens) for h in best) + 2), PAD)
+    for i, h in enumerate(best):
+        tgt[i, : len(h.tokens) + 2] = torch.tensor([BOS, *h.tokens, EOS])
+    # (an output cut at its length limit ends with a forced EOS, scored by the model's EOS probability too)
+    assert score_targets(model, src, mask, tgt).tolist() == pytest.approx([h.score for h in best], abs=1e-4)

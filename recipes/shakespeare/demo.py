@@ -126,11 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     picks = tests[:: max(1, len(tests) // 5)][:5]
     sources = [p["source"] for p in picks]
     # Beam search finds the model's most probable line, which for a small model is a short, safe one;
-    # a sample (top-p 0.9) shows more of what it has learned about the language.
+    # a sample (top-p 0.9) shows more of what it has learned about the language. A model this small loops
+    # ("be be be be"); banning repeated 2-grams (--no-repeat-ngram 2) shows what it says besides.
     beams = next_run.generate(sources, beam=4)
+    no_loops = next_run.generate(sources, beam=4, no_repeat_ngram=2)
     samples = next_run.generate(sources, sample=True, temperature=0.8, top_p=0.9, seed=0)
-    for p, o, smp in zip(picks, beams, samples, strict=True):
-        print(f"  {p['source']}\n    beam 4: {o}\n    sample: {smp}\n    play:   {p['target']}")
+    for p, o, o2, smp in zip(picks, beams, no_loops, samples, strict=True):
+        print(f"  {p['source']}\n    beam 4: {o}\n    beam 4, no repeated 2-grams: {o2}\n    sample: {smp}")
+        print(f"    play:   {p['target']}")
     windows = [json.loads(x) for x in (args.data / "genre_test.jsonl").read_text().splitlines()]
     picks = windows[:: max(1, len(windows) // 4)][:4]
     for p, o in zip(picks, genre_run.generate([p["source"] for p in picks]), strict=True):
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
 
     say(f"done in {(time.perf_counter() - t_start) / 60:.1f} min. Try the models:")
     print(
-        f"  echo 'HAMLET: To be, or not to be: that is the question:' | bigseq generate {runs['nextline']} --beam 4"
+        f"  echo 'HAMLET: To be, or not to be: that is the question:' | bigseq generate {runs['nextline']} "
+        "--beam 4 --no-repeat-ngram 2"
     )
     print(f"  echo 'KING: Now is the winter of our discontent' | bigseq generate {runs['genre']}")
     print(f"  bigseq evaluate {runs['genre']} --data {args.data / 'genre_test.jsonl'}")

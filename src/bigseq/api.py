@@ -67,8 +67,8 @@ class Seq2SeqRun:
         self, sources: Sequence[str], seed: int | None = None, **search: Any
     ) -> list[list[tuple[str, float]]]:
         """For each source, ``n_best`` (text, log-probability) pairs. Keyword arguments override the run's
-        search settings: beam, n_best, length_penalty, sample, temperature, top_k, top_p, batch_size,
-        max_len_a, max_len_b."""
+        search settings: beam, n_best, length_penalty, sample, temperature, top_k, top_p, no_repeat_ngram,
+        batch_size, max_len_a, max_len_b."""
         return translate(
             self.model,
             self.tokenizers,

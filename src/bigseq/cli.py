@@ -55,6 +55,8 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--beam", type=int, help="beam width (default: the run's search.beam, 1 = greedy)")
     g.add_argument("--length-penalty", type=float, help="rank finished beams by score / length**alpha")
+    g.add_argument("--no-repeat-ngram", type=int, metavar="N",
+                   help="never output the same N consecutive tokens twice (0 = off; default: the run's)")  # fmt: skip
     g.add_argument("--batch-size", type=int, help="sentences decoded together")
     g.add_argument("--weights", type=Path, help="another weights file of the run (e.g. a snapshot)")
     g.add_argument(
@@ -206,7 +208,16 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _search_overrides(args: argparse.Namespace) -> dict:
-    keys = ["beam", "length_penalty", "batch_size", "n_best", "temperature", "top_k", "top_p"]
+    keys = [
+        "beam",
+        "length_penalty",
+        "batch_size",
+        "n_best",
+        "temperature",
+        "top_k",
+        "top_p",
+        "no_repeat_ngram",
+    ]
     out = {k: getattr(args, k, None) for k in keys}
     if out["n_best"] and not out["beam"] and not getattr(args, "sample", False):
         out["beam"] = out["n_best"]  # asking for n hypotheses implies searching for at least n

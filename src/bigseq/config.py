@@ -199,6 +199,7 @@ class SearchConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    no_repeat_ngram: int = 0  # n > 0: no output repeats any n consecutive tokens (0 = off)
     batch_size: int = 64
     constrain: bool = (
         True  # with data.labels: score each label and answer with the best, never outside the set
@@ -214,6 +215,8 @@ class SearchConfig:
             raise ConfigError(f"search.temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"search.top_p must be in (0, 1], got {self.top_p}")
+        if self.no_repeat_ngram < 0:
+            raise ConfigError(f"search.no_repeat_ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
 
 
 @dataclass

@@ -80,6 +80,7 @@ def translate(
                 top_k=search.top_k,
                 top_p=search.top_p,
                 generator=gen,
+                no_repeat_ngram=search.no_repeat_ngram,
             )
             for i, hs in zip(chunk, hyps, strict=True):
                 out[i] = _texts(toks, hs)

@@ -1,4 +1,5 @@
-"""Decoding: greedy, beam search (length penalty, n-best) and sampling (temperature, top-k, top-p).
+"""Decoding: greedy, beam search (length penalty, n-best) and sampling (temperature, top-k, top-p), each
+optionally never repeating an n-gram of its own output (``no_repeat_ngram``).
 
 Works for any model of the ``bigseq.models.base`` interface: ``encode`` once, then ``decode`` one token at a
 time with the model's cache. Every example carries its own length limit and its own finished flag, so an
@@ -45,14 +46,21 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
-    """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses."""
+    """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses.
+    ``no_repeat_ngram`` n > 0: no output holds any n-gram (n consecutive tokens) twice (n = 1: no token
+    twice), as fairseq's ``--no-repeat-ngram-size``; the cure for the loops a weak model's beam falls
+    into ("be be be be"). Scores stay the model's log-probabilities of the tokens chosen."""
     if sample:
-        hyps = _greedy_or_sample(model, src, src_mask, max_lens, temperature, top_k, top_p, generator)
+        hyps = _greedy_or_sample(
+            model, src, src_mask, max_lens, temperature, top_k, top_p, generator, no_repeat_ngram
+        )
         return [[h] for h in hyps]
     if beam == 1:
-        return [[h] for h in _greedy_or_sample(model, src, src_mask, max_lens)]
-    return _beam(model, src, src_mask, max_lens, beam, n_best, length_penalty)
+        hyps = _greedy_or_sample(model, src, src_mask, max_lens, no_repeat_ngram=no_repeat_ngram)
+        return [[h] for h in hyps]
+    return _beam(model, src, src_mask, max_lens, beam, n_best, length_penalty, no_repeat_ngram)
 
 
 def _finish(tokens: Tensor) -> list[int]:
@@ -78,6 +86,21 @@ def _restrict_to_eos(logp: Tensor, rows: Tensor | None) -> Tensor:
     return logp
 
 
+def _ban_repeats(logp: Tensor, history: Tensor, n: int) -> Tensor:
+    """logp: (R, V); history: (R, T) the tokens each row has output so far -> ``logp`` (changed in place)
+    with -inf at every token that would complete an n-gram the row already holds. EOS never occurs in a
+    live row's history, so a row can always end."""
+    t = history.shape[1]
+    if n <= 0 or t < n:  # the first n - 1 tokens cannot repeat an n-gram (a 1-gram: from the second token)
+        return logp
+    grams = history.unfold(1, n, 1)  # (R, T - n + 1, n): every n-gram so far
+    suffix = history[:, t - n + 1 :]  # (R, n - 1): what a new token would extend
+    seen = (grams[:, :, :-1] == suffix[:, None, :]).all(-1)  # (R, T - n + 1): n-grams with that prefix
+    rows, at = seen.nonzero(as_tuple=True)
+    logp[rows, grams[rows, at, -1]] = float("-inf")
+    return logp
+
+
 @torch.no_grad()
 def _greedy_or_sample(
     model: torch.nn.Module,
@@ -88,6 +111,7 @@ def _greedy_or_sample(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Greedy decoding, or sampling when ``temperature`` is given. Finished rows leave the batch."""
     b = src.shape[0]
@@ -95,6 +119,7 @@ def _greedy_or_sample(
     active = torch.arange(b, device=src.device)  # original row of each row still decoding
     last = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
     steps: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, tokens, their log-probabilities) per step
+    history = torch.empty(b, 0, dtype=torch.long, device=src.device)  # kept only for no_repeat_ngram
     cache = None
     # Per-step work is a few dozen small ops, so the loop avoids the ones it can: the length limits are
     # looked at only from the first step where one can bite, scores are summed once at the end.
@@ -103,6 +128,8 @@ def _greedy_or_sample(
         logits, cache = model.decode(last, memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         logp = _restrict_to_eos(logp, t >= max_lens[active] if t >= first_limit else None)
+        if no_repeat_ngram:
+            logp = _ban_repeats(logp, history, no_repeat_ngram)
         if temperature is None:
             # max gives the token and its log-probability in one pass, and ran 2.5x faster than argmax
             # (16 x 8,000 floats, 2 threads: 45 against 111 us), which also needed a gather after it
@@ -111,13 +138,15 @@ def _greedy_or_sample(
             nxt = _sample(logp / temperature, top_k, top_p, generator)
             lp = logp.gather(1, nxt[:, None]).squeeze(1)
         steps.append((active, nxt, lp))
+        if no_repeat_ngram:
+            history = torch.cat([history, nxt[:, None]], dim=1)
         keep = nxt != EOS
         if not keep.all():
             if not keep.any():
                 break
             # Shrinking the batch saves the work of decoding rows that are already done.
             idx = keep.nonzero().squeeze(1)
-            active, nxt = active[idx], nxt[idx]
+            active, nxt, history = active[idx], nxt[idx], history[idx] if no_repeat_ngram else history
             memory, cache = memory.select(idx), cache.select(idx)
         last = nxt[:, None]
     out = torch.full((b, len(steps)), PAD, dtype=torch.long)
@@ -153,6 +182,7 @@ def _beam(
     k: int,
     n_best: int,
     length_penalty: float,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """Beam search, vectorised over batch x beam.
 
@@ -177,6 +207,8 @@ def _beam(
         logits, cache = model.decode(tokens[:, -1:], memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         logp = _restrict_to_eos(logp, (t >= lim) & ~finished)
+        if no_repeat_ngram:  # finished rows (EOS, padding in their history) extend with PAD regardless
+            logp = _ban_repeats(logp, tokens[:, 1:], no_repeat_ngram)
         v = logp.shape[-1]
         # The candidates' totals, then in place on that fresh tensor (one pass over b * k * V fewer than
         # masking logp first): a finished hypothesis extends only with PAD, at no cost.

@@ -83,6 +83,14 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
         assert lines[-1] == "" and len(lines) == len(inputs) + 1, flags
         if "--sample" not in flags:
             assert lines[0] == "fedcba" and lines[2] == "fgh" and lines[3] == lines[0], lines
+    # --no-repeat-ngram 1: no character twice, so "dcbaabcd" can no longer be reversed (it repeats each one)
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--beam", "4", "--no-repeat-ngram", "1"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert lines[0] == "fedcba" and lines[4] != "dcbaabcd" and len(set(lines[4])) == len(lines[4]), lines
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--no-repeat-ngram", "-1"]) == 2
+    assert "search.no_repeat_ngram must be >= 0" in capsys.readouterr().err
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--beam", "3", "--n-best", "3"]) == 0
     rows = capsys.readouterr().out.splitlines()
