@@ -158,8 +158,6 @@ def load(
     load_weights(model, weights or run_dir / WEIGHTS_FILE)
     if wise_alpha != 1.0:
         model = _mixed_for_loading(model, cfg, run_dir, weights, wise_alpha)
-    if quantize == "bf16":
-        speed.warn_if_bf16_is_emulated("quantize=bf16", target)
     model = speed.quantize(model.eval().to(target), quantize)
     if quantize == "none" and target.type == "cpu":
         speed.decode_layout(model)  # fp32 linear layers ~1.5x faster at decoding's few rows
@@ -232,8 +230,8 @@ def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
 def _saved(cfg: Config, out: Path) -> Config:
     """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), the
     saved batch-order settings (``BATCH_ORDER_KEYS``) and the run it started from (``train.init``, with its
-    weights' digest ``train.init_sha256``); other
-    train / search settings as given now (e.g. a longer --max-steps)."""
+    weights' digest ``train.init_sha256``); other train / search settings as given now (e.g. a longer
+    --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
     kept = {key: getattr(saved.train, key) for key in (*BATCH_ORDER_KEYS, "init", "init_sha256")}
     train = replace(cfg.train, **kept)
@@ -302,8 +300,6 @@ def _fit(
     total = count_parameters(model)
     share = f" ({trainable:,} trainable)" if trainable != total else ""
     log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
-    if cfg.train.precision == "bf16":
-        speed.warn_if_bf16_is_emulated("train.precision=bf16", resolve_device(cfg.train.device))
     summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=_export(cfg, log))
     record = {**summary.as_dict(), **(report or {})}
     if setup().is_main:

@@ -39,6 +39,7 @@ def quantize(model: nn.Module, mode: str) -> nn.Module:
     if mode == "none":
         return model
     if mode == "bf16":
+        warn_if_bf16_is_emulated("quantize=bf16", next(model.parameters()).device)
         return copy.deepcopy(model).eval().to(torch.bfloat16)
     # torch.ao.quantization is deprecated in favour of torchao's ``quantize_``, yet it is the maintained path
     # for us: it is the only one inside torch with int8 CPU kernels (fbgemm / oneDNN) that run fast in eager
@@ -77,7 +78,7 @@ def warn_if_bf16_is_emulated(what: str, device: torch.device) -> None:
         warnings.warn(
             f"{what} on a CPU without bf16 matrix units (Intel AMX): bf16 matmuls are emulated there and ran "
             "about 18x slower than fp32 in a training step on such a CPU; fp32 is the fast choice here",
-            stacklevel=3,
+            stacklevel=2,
         )
 
 

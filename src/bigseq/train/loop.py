@@ -29,7 +29,7 @@ from bigseq.config import Config, TrainConfig
 from bigseq.data.batching import Batch, PairSet, collate, make_batches
 from bigseq.errors import BigseqError, ConfigError
 from bigseq.models.base import build_model
-from bigseq.speed import compile_for_training
+from bigseq.speed import compile_for_training, warn_if_bf16_is_emulated
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
     STATE_DIR,
@@ -147,6 +147,7 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     training tokens/s of fp32, bench/RESULTS.md); without them it is slower, hence opt-in."""
     if precision == "fp32" or (precision == "auto" and not (device.type == "cuda" and _cuda_bf16())):
         return contextlib.nullcontext()
+    warn_if_bf16_is_emulated(f"train.precision={precision}", device)
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
