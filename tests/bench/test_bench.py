@@ -245,3 +245,19 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     assert all("error" not in r and r["tokens_per_s"] > 0 for r in result["runs"].values()), result["runs"]
     assert [s for s, _ in result["bf16_over_fp32_valid_loss"]] == [1, 2, 3, 4, 5, 6]
     assert all(0.5 < r < 2 for _, r in result["bf16_over_fp32_valid_loss"])
+
+
+def test_compile_train_script_runs_end_to_end(tmp_path, monkeypatch):
+    """bench/compile_train.py's plumbing on the tiny preset, with compilation replaced by the eager model (a
+    real compilation takes a minute; ``tests/test_speed.py`` checks compiled training itself): every row is
+    measured and written."""
+    module = _load_script("compile_train.py", "compile_train")
+    monkeypatch.setattr(module, "compile_for_training", lambda model: model)
+    out = tmp_path / "compile.json"
+    res = module.main(["--preset", "tiny-test", "--reps", "1", "--threads", "1", "--json", str(out)])
+    assert json.loads(out.read_text()) == res
+    assert [r["shape"] for r in res["rows"]] == ["b2x8+8", "b2x16+16"]
+    assert all(r["compiled"] == "dynamic" for r in res["rows"])
+    assert all(
+        _positive_finite(r[k]) for r in res["rows"] for k in ("eager", "compiled_tokens_per_s", "ratio")
+    )
