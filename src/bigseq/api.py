@@ -20,7 +20,7 @@ import torch
 from bigseq import metrics as metrics_mod
 from bigseq import speed
 from bigseq.config import Config, ModelConfig
-from bigseq.data.batching import PairSet, collate, encode_pairs
+from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
 from bigseq.data.pretrain import PretrainData
@@ -83,24 +83,26 @@ class Seq2SeqRun:
         """One output string per source (the best hypothesis), in input order."""
         return [h[0][0] for h in self.generate_n_best(sources, seed=seed, **search)]
 
-    def score(self, sources: Sequence[str], targets: Sequence[str], batch_size: int = 64) -> list[float]:
+    def score(self, sources: Sequence[str], targets: Sequence[str], batch_tokens: int = 8192) -> list[float]:
         """Log-probability of each target given its source (sum over target tokens incl. EOS), in input
-        order. Pairs are scored ``batch_size`` at a time, sorted by length so that little goes to padding
-        (the scores do not depend on the grouping); sources and targets longer than the run's
+        order. Pairs are scored in length-sorted batches of at most ``batch_tokens`` padded source + target
+        tokens, as ``evaluate``'s loss pass batches them (so memory is bounded however long the texts are,
+        and the scores do not depend on the grouping); sources and targets longer than the run's
         ``data.max_src_len`` / ``max_tgt_len`` are cut to them, as in training."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_tokens < 1:
+            raise ConfigError(f"batch_tokens must be >= 1, got {batch_tokens}")
         examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(zip(sources, targets, strict=True))]
         d = self.config.data
         data = encode_pairs(examples, self.tokenizers, d.max_src_len, d.max_tgt_len, all_references=False)
-        order = sorted(range(len(data)), key=lambda i: (len(data.src[i]), len(data.tgt[i])))
         widths = (self.config.train.length_grid, self.model.config.max_positions)
+        lens = [len(x) for x in data.src], [len(y) for y in data.tgt]
         out = [0.0] * len(data)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in make_batches(*lens, batch_tokens, None, *widths):
             b = collate(data, idx, *widths).to(model_device(self.model))
             tgt = torch.cat([b.tgt_in[:, :1], b.tgt_out], dim=1)
-            for i, v in zip(idx, score_targets(self.model, b.src, b.src_mask, tgt).tolist(), strict=True):
+            for i, v in zip(
+                idx.tolist(), score_targets(self.model, b.src, b.src_mask, tgt).tolist(), strict=True
+            ):
                 out[i] = v
         return out
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from bigseq import api
 from bigseq.cli import main
+from bigseq.errors import ConfigError
 from helpers import state_weights, write_reverse_task
 
 CHAR = ["--set", "data.src_tokenizer=char", "--set", "data.tgt_tokenizer=char"]
@@ -97,13 +98,16 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     assert len(rows) == 5 and all(len(r.split("\t")) == 3 for r in rows)
     assert rows[0].split("\t")[0] == "fedcba"
     # The Python API's score: the log-probability greedy decoding reported for its own output, in input
-    # order, whatever the batch size (char tokens: the text re-encodes to the tokens generated)
+    # order, whatever the batching (char tokens: the text re-encodes to the tokens generated); a budget of 1
+    # token puts every pair in a batch of its own, 20 groups pairs of similar length
     loaded = api.load(run)
     sources = ["abcdef", "hgf", "dcbaabcd", "x", "abcdef"]
     best = [h[0] for h in loaded.generate_n_best(sources, beam=1)]
-    for batch_size in (1, 2, 64):
-        scores = loaded.score(sources, [text for text, _ in best], batch_size=batch_size)
-        assert scores == pytest.approx([logp for _, logp in best], abs=1e-4), batch_size
+    for batch_tokens in (1, 20, 8192):
+        scores = loaded.score(sources, [text for text, _ in best], batch_tokens=batch_tokens)
+        assert scores == pytest.approx([logp for _, logp in best], abs=1e-4), batch_tokens
+    with pytest.raises(ConfigError, match="batch_tokens must be >= 1"):
+        loaded.score(sources, sources, batch_tokens=0)
     assert loaded.score(["abc"], ["cba"])[0] > loaded.score(["abc"], ["abc"])[0]
 
 
