@@ -150,8 +150,8 @@ class TrainConfig:
     distributed: str = "ddp"
     device: str = "auto"  # auto (this rank's GPU when CUDA is available, else CPU) | cpu | cuda
     # torch.compile the training forward (Transformer only; needs a C++ compiler). Tens of seconds of
-    # compilation up front (logged), so it suits long runs; see bigseq.speed. On a 2-core AMD EPYC it
-    # trained at 0.88-0.90x eager speed (bench/compile_train.py, bench/RESULTS.md): measure before using it.
+    # compilation up front (logged); after it, on a 2-core AMD EPYC, steps ran at 0.88-0.90x eager speed
+    # (bench/compile_train.py, bench/RESULTS.md): measure on your machine before turning it on.
     compile: bool = False
 
     def validate(self) -> None:
