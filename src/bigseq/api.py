@@ -26,7 +26,14 @@ from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
 from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
 from bigseq.errors import BigseqError, ConfigError, DataError
-from bigseq.evaluation import closed_label_set, evaluate, model_device, teacher_forced_loss, translate
+from bigseq.evaluation import (
+    Progress,
+    closed_label_set,
+    evaluate,
+    model_device,
+    teacher_forced_loss,
+    translate,
+)
 from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.models.wise import init_state, mix_with_init
@@ -64,11 +71,11 @@ class Seq2SeqRun:
         return s
 
     def generate_n_best(
-        self, sources: Sequence[str], seed: int | None = None, **search: Any
+        self, sources: Sequence[str], seed: int | None = None, progress: Progress | None = None, **search: Any
     ) -> list[list[tuple[str, float]]]:
         """For each source, ``n_best`` (text, log-probability) pairs. Keyword arguments override the run's
         search settings: beam, n_best, length_penalty, sample, temperature, top_k, top_p, no_repeat_ngram,
-        batch_size, max_len_a, max_len_b."""
+        batch_size, max_len_a, max_len_b. ``progress``: e.g. a tqdm bar, updated as inputs are done."""
         return translate(
             self.model,
             self.tokenizers,
@@ -77,6 +84,7 @@ class Seq2SeqRun:
             self.config.data.max_src_len,
             seed,
             labels=self.config.data.labels,
+            progress=progress,
         )
 
     def generate(self, sources: Sequence[str], seed: int | None = None, **search: Any) -> list[str]:
@@ -107,17 +115,22 @@ class Seq2SeqRun:
         return out
 
     def evaluate(
-        self, data: str | Path | Sequence[Example], predictions: str | Path | None = None, **search: Any
+        self,
+        data: str | Path | Sequence[Example],
+        predictions: str | Path | None = None,
+        progress: Progress | None = None,
+        **search: Any,
     ) -> dict[str, float]:
         """Loss, perplexity and the run's task metrics on a dataset file (or examples). ``predictions``: also
-        write every example's output to this JSONL file (see :func:`write_predictions`), for error analysis."""
+        write every example's output to this JSONL file (see :func:`write_predictions`), for error analysis.
+        ``progress``: e.g. a tqdm bar; its total is set to the examples decoded, and it advances with them."""
         examples = read_examples(data) if isinstance(data, str | Path) else list(data)
         d = self.config.data
         # Only when asked: a list here makes evaluation decode even a run that has no task metrics.
         decoded: list[tuple[Example, str, float]] | None = [] if predictions is not None else None
         result = evaluate(
             self.model, self.tokenizers, examples, self._search(**search), self.config.metrics,
-            d.max_src_len, d.max_tgt_len, labels=d.labels, predictions=decoded,
+            d.max_src_len, d.max_tgt_len, labels=d.labels, predictions=decoded, progress=progress,
         )  # fmt: skip
         if predictions is not None:
             write_predictions(predictions, decoded)

@@ -7,13 +7,14 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 from pathlib import Path
 
 from bigseq.config import QUANTIZE_MODES
-from bigseq.errors import BigseqError
+from bigseq.errors import BigseqError, ConfigError
 
 EPILOG = """\
 examples:
@@ -127,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     g.add_argument("--top-p", type=float, help="sample from the smallest set with this much probability")
     g.add_argument("--seed", type=int, help="random seed for sampling")
+    g.add_argument(
+        "--buffer-size", type=int, metavar="N",
+        help="inputs read before decoding; each buffer's outputs are written (and flushed) before the next "
+        "is read, in order (default: 1 when stdin is a terminal, else 1024; 0 = all of stdin). Sampling "
+        "uses --seed + k for the k-th buffer, so it repeats with the same buffer size",
+    )  # fmt: skip
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="print a JSON object of metrics on a test set")
     e.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -136,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each example's output (line, source, targets, prediction, log_prob, correct) here",
     )  # fmt: skip
     _add_search_flags(e)
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plot", help="draw a run's learning curves (metrics.jsonl) into a PNG")
     pl.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -228,16 +237,24 @@ def _search_overrides(args: argparse.Namespace) -> dict:
 
 def _generate(args: argparse.Namespace) -> None:
     from bigseq import api
-    from bigseq.data.readers import read_lines
+    from bigseq.data.readers import read_buffers
 
+    interactive = getattr(sys.stdin, "isatty", lambda: False)()
+    size = args.buffer_size if args.buffer_size is not None else (1 if interactive else 1024)
+    if size < 0:
+        raise ConfigError(f"--buffer-size must be >= 0 (0 = all of stdin), got {size}")
     run = api.load(
         args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
         wise_alpha=args.wise_alpha,
     )  # fmt: skip
-    lines = read_lines(sys.stdin)
-    results = run.generate_n_best(lines, seed=args.seed, **_search_overrides(args))
-    for hyps in results:
-        sys.stdout.write("\t".join(text for text, _ in hyps) + "\n")
+    search = _search_overrides(args)
+    # A typed line is answered at once and a bar would interleave with the answers, so none then.
+    with _progress_bar(args.quiet or interactive, "inputs") as bar:
+        for k, lines in enumerate(read_buffers(sys.stdin, size)):
+            seed = None if args.seed is None else args.seed + k
+            for hyps in run.generate_n_best(lines, seed=seed, progress=bar, **search):
+                sys.stdout.write("\t".join(text for text, _ in hyps) + "\n")
+            sys.stdout.flush()
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -247,8 +264,18 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
         wise_alpha=args.wise_alpha,
     )  # fmt: skip
-    result = run.evaluate(args.data, predictions=args.predictions, **_search_overrides(args))
+    with _progress_bar(args.quiet, "examples decoded") as bar:
+        result = run.evaluate(
+            args.data, predictions=args.predictions, progress=bar, **_search_overrides(args)
+        )
     print(json.dumps(result))
+
+
+def _progress_bar(off: bool, unit: str):  # noqa: ANN202 - a tqdm bar, a context manager
+    """A progress bar on stderr for decoding (tqdm; shown only when stderr is a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(unit=f" {unit}", unit_scale=False, disable=True if off else None, dynamic_ncols=True)
 
 
 def _plot(args: argparse.Namespace) -> None:
@@ -271,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bigseq {args.verb}: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # Whoever read stdout went away (`bigseq generate RUN < big.txt | head`): stop quietly, as Unix
+        # filters do, with the status a shell gives a process killed by SIGPIPE.
+        _silence_stdout()
+        code = 141
     finally:
         left = _leave_process_group(finished)
     if left:
@@ -282,6 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail on the broken pipe
+    again (with an "Exception ignored" message)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (e.g. captured by a test)
+        pass
 
 
 def _leave_process_group(finished: bool) -> bool:

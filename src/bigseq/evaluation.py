@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -21,6 +22,14 @@ from bigseq.search import Hypothesis, generate, max_lengths, score_candidates
 from bigseq.tokenizer import BOS, EOS, PAD, UNK, TokenizerPair
 
 
+class Progress(Protocol):
+    """What decoding reports its progress to (a tqdm bar is one)."""
+
+    total: float | None
+
+    def update(self, n: int) -> object: ...
+
+
 def translate(
     model: torch.nn.Module,
     toks: TokenizerPair,
@@ -30,8 +39,10 @@ def translate(
     seed: int | None = None,
     labels: Sequence[str] = (),
     length_grid: int = TrainConfig.length_grid,
+    progress: Progress | None = None,
 ) -> list[list[tuple[str, float]]]:
     """Decode every source; returns, in input order, ``search.n_best`` (text, log-prob) pairs each.
+    ``progress`` (e.g. a tqdm bar): ``progress.update(n)`` as each batch of n inputs is done.
 
     Inputs are sorted by length into batches of ``search.batch_size`` so that little work goes to padding;
     the result does not depend on that grouping (batch-size invariance of greedy and beam search), nor on
@@ -66,6 +77,8 @@ def translate(
                 best = scores.topk(min(search.n_best, len(labels)), dim=1)
                 for i, vals, idx in zip(chunk, best.values.tolist(), best.indices.tolist(), strict=True):
                     out[i] = [(labels[j], v) for j, v in zip(idx, vals, strict=True)]
+                if progress is not None:
+                    progress.update(len(chunk))
                 continue
             hyps = generate(
                 model,
@@ -84,6 +97,8 @@ def translate(
             )
             for i, hs in zip(chunk, hyps, strict=True):
                 out[i] = _texts(toks, hs)
+            if progress is not None:
+                progress.update(len(chunk))
     finally:
         model.train(was_training)
     return out
@@ -136,18 +151,23 @@ def evaluate(
     decode_examples: int = 0,
     labels: Sequence[str] = (),
     predictions: list[tuple[Example, str, float]] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
     """Loss / perplexity on the first reference of every example, and the task metrics on the decoded
     outputs of a fixed random subset of ``decode_examples`` examples (0 = all) against all their references.
     ``labels``: the run's closed label set, passed to :func:`translate`. ``predictions``: a list that gets
-    (example, output, its log-probability) for every decoded example, in data order."""
+    (example, output, its log-probability) for every decoded example, in data order. ``progress``: see
+    :func:`translate`; its ``total`` is set to the number of examples decoded."""
     data = encode_pairs(examples, toks, max_src_len, max_tgt_len, all_references=False)
     loss, _ = teacher_forced_loss(model, data, batch_tokens)
     result: dict[str, float] = {"n": len(examples), "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
     if metric_names or predictions is not None:
         subset = subsample(examples, decode_examples, seed=0)
         sources = [e.source for e in subset]
-        best = [h[0] for h in translate(model, toks, sources, search, max_src_len, labels=labels)]
+        if progress is not None:
+            progress.total = len(sources)
+        decoded = translate(model, toks, sources, search, max_src_len, labels=labels, progress=progress)
+        best = [h[0] for h in decoded]
         if predictions is not None:
             predictions.extend((e, text, logp) for e, (text, logp) in zip(subset, best, strict=True))
         if metric_names:

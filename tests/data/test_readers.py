@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bigseq.data.readers import Example, read_examples, read_lines
+from bigseq.data.readers import Example, read_buffers, read_examples
 from bigseq.errors import DataError
 
 
@@ -140,9 +140,24 @@ def test_unsupported_suffix_names_supported_ones(tmp_path):
         read_examples(path)
 
 
-def test_read_lines_strips_only_the_newline():
-    stream = io.StringIO("  a b  \n\n机器\r\nlast")
-    assert read_lines(stream) == ["  a b  ", "", "机器", "last"]
+def test_read_buffers_strips_only_the_newline_and_yields_full_buffers():
+    def buffers(size):
+        return list(read_buffers(io.StringIO("  a b  \n\n机器\r\nlast"), size))
+
+    assert buffers(0) == [["  a b  ", "", "机器", "last"]]
+    assert buffers(3) == [["  a b  ", "", "机器"], ["last"]]
+    assert buffers(1) == [["  a b  "], [""], ["机器"], ["last"]]
+    assert list(read_buffers(io.StringIO(""), 2)) == []
+    # a full buffer is handed over before the next line is read (what lets `generate` answer as it reads)
+    read = []
+
+    def stream():
+        for line in ["a\n", "b\n", "c\n"]:
+            read.append(line)
+            yield line
+
+    it = read_buffers(stream(), 2)
+    assert next(it) == ["a", "b"] and read == ["a\n", "b\n"]
 
 
 # --- data.on_bad_line=skip -----------------------------------------------------------------------

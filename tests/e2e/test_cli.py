@@ -119,6 +119,77 @@ class _Lines:
         return iter(self.lines)
 
 
+def test_generate_answers_each_buffer_before_reading_the_next(reversing_run, capsys, monkeypatch):
+    """--buffer-size N: the outputs of N inputs are on stdout before the next input is read (so generate
+    works as a filter on a stream and answers a terminal line by line), in order, the same outputs as one
+    buffer; sampling repeats with the same seed and buffer size; a bad size is a one-line error."""
+    run, _, _ = reversing_run("gru")
+    inputs = ["abcdef", "", "hgf", "abcdef", "dcbaabcd"]
+    out_before_read = []
+
+    class Stream:
+        def __iter__(self):
+            for line in inputs:
+                out_before_read.append(capsys.readouterr().out)
+                yield line + "\n"
+
+    for flags in ([], ["--beam", "3"]):
+        monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+        capsys.readouterr()
+        assert main(["generate", str(run), "--buffer-size", "0", *flags]) == 0
+        whole = capsys.readouterr().out
+        out_before_read.clear()
+        monkeypatch.setattr(sys, "stdin", Stream())
+        assert main(["generate", str(run), "--buffer-size", "2", *flags]) == 0
+        streamed = "".join(out_before_read) + capsys.readouterr().out
+        assert streamed == whole, flags
+        lines = whole.splitlines()
+        # before reading input 3 the first two answers were out; before input 5, four
+        assert out_before_read[:2] == ["", ""] and out_before_read[2] == "\n".join(lines[:2]) + "\n"
+        assert out_before_read[3] == "" and out_before_read[4] == "\n".join(lines[2:4]) + "\n"
+    sampled = []
+    for _ in range(2):
+        monkeypatch.setattr(sys, "stdin", _Lines(inputs * 4))
+        assert main(["generate", str(run), "--sample", "--seed", "3", "--buffer-size", "3"]) == 0
+        sampled.append(capsys.readouterr().out)
+    assert sampled[0] == sampled[1] and len(sampled[0].splitlines()) == 20
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--buffer-size", "-1"]) == 2
+    assert "--buffer-size must be >= 0" in capsys.readouterr().err
+
+
+def test_generate_into_a_closed_pipe_stops_quietly(reversing_run, tmp_path):
+    """`bigseq generate RUN < many | head -n 1`: once head has gone, generate stops with the SIGPIPE status
+    and no traceback (a Unix filter's manners)."""
+    run, _, _ = reversing_run("gru")
+    inputs = tmp_path / "in.txt"
+    inputs.write_text("abc\n" * 5000)
+    err = tmp_path / "err.txt"
+    script = (
+        f"{sys.executable} -m bigseq.cli generate {run} --buffer-size 1 < {inputs} 2> {err} | head -n 1; "
+        "echo ${PIPESTATUS[0]}"
+    )
+    res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert res.stdout.splitlines() == ["cba", "141"], (res.stdout, err.read_text())
+    assert err.read_text() == ""
+
+
+def test_evaluate_reports_progress(reversing_run):
+    """The API's (and the CLI's) progress hook: its total is the number of examples decoded, and it
+    advances by all of them."""
+    run, _, valid = reversing_run("gru")
+
+    class Counter:
+        total, n = None, 0
+
+        def update(self, k):
+            self.n += k
+
+    bar = Counter()
+    result = api.load(run).evaluate(valid, progress=bar)
+    assert bar.total == result["n"] == 200 and bar.n == 200
+
+
 def test_resume_reaches_the_same_weights(tmp_path, reverse_task):
     train, valid = reverse_task
     # inverse_sqrt depends on the step alone; cosine would also depend on --max-steps, which differs here

@@ -67,9 +67,18 @@ def read_examples(
     return examples
 
 
-def read_lines(stream: Iterable[str]) -> list[str]:
-    """Read one input per line (generate's stdin), removing only the line ending."""
-    return [line.removesuffix("\n").removesuffix("\r") for line in stream]
+def read_buffers(stream: Iterable[str], size: int) -> Iterator[list[str]]:
+    """One input per line (generate's stdin), only the line ending removed, in lists of ``size`` lines (the
+    last may be shorter; ``size`` 0: one list of everything), each yielded as soon as it is full, so that a
+    consumer can answer a buffer before the next is read. An empty stream yields nothing."""
+    buf: list[str] = []
+    for line in stream:
+        buf.append(line.removesuffix("\n").removesuffix("\r"))
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
 
 
 def _parsed_lines(
