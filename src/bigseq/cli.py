@@ -250,7 +250,8 @@ def _generate(args: argparse.Namespace) -> None:
     search = _search_overrides(args)
     # A typed line is answered at once and a bar would interleave with the answers, so none then.
     with _progress_bar(args.quiet or interactive, "inputs") as bar:
-        for k, lines in enumerate(read_buffers(sys.stdin, size)):
+        # Bytes, decoded line by line: invalid UTF-8 is then an error naming its line.
+        for k, lines in enumerate(read_buffers(getattr(sys.stdin, "buffer", sys.stdin), size)):
             seed = None if args.seed is None else args.seed + k
             for hyps in run.generate_n_best(lines, seed=seed, progress=bar, **search):
                 sys.stdout.write("\t".join(text for text, _ in hyps) + "\n")

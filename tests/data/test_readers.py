@@ -160,6 +160,14 @@ def test_read_buffers_strips_only_the_newline_and_yields_full_buffers():
     assert next(it) == ["a", "b"] and read == ["a\n", "b\n"]
 
 
+def test_read_buffers_decodes_bytes_and_names_the_bad_line():
+    stream = io.BytesIO("\ufeffab\r\n机器\n".encode() + b"ok\n\xff\xfebad\n")
+    it = read_buffers(stream, 3)
+    assert next(it) == ["ab", "机器", "ok"]  # the byte-order mark of the first line is not text
+    with pytest.raises(DataError, match=r"^stdin:4: invalid UTF-8 \(byte 0xff at byte 1\)$"):
+        next(it)
+
+
 # --- data.on_bad_line=skip -----------------------------------------------------------------------
 
 

@@ -1,10 +1,12 @@
 """Whole-CLI runs on tiny data: both architectures learn to reverse strings; the verbs keep their contract;
 bad input gets a one-line error naming file, line and reason."""
 
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors.torch import load_file
@@ -156,6 +158,13 @@ def test_generate_answers_each_buffer_before_reading_the_next(reversing_run, cap
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--buffer-size", "-1"]) == 2
     assert "--buffer-size must be >= 0" in capsys.readouterr().err
+    # stdin is read as bytes: invalid UTF-8 is a one-line error naming its line, not a tokenizer traceback
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(b"abc\n\xff\xfeabc\n")))
+    assert main(["generate", str(run)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "bigseq generate: error: stdin:2: invalid UTF-8 (byte 0xff at byte 1)"
+    )
 
 
 def test_generate_into_a_closed_pipe_stops_quietly(reversing_run, tmp_path):

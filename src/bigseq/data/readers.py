@@ -67,13 +67,18 @@ def read_examples(
     return examples
 
 
-def read_buffers(stream: Iterable[str], size: int) -> Iterator[list[str]]:
+def read_buffers(stream: Iterable[bytes] | Iterable[str], size: int) -> Iterator[list[str]]:
     """One input per line (generate's stdin), only the line ending removed, in lists of ``size`` lines (the
     last may be shorter; ``size`` 0: one list of everything), each yielded as soon as it is full, so that a
-    consumer can answer a buffer before the next is read. An empty stream yields nothing."""
+    consumer can answer a buffer before the next is read. An empty stream yields nothing. Lines of bytes (a
+    binary stream, e.g. ``sys.stdin.buffer``) are decoded here, so that invalid UTF-8 is a
+    :class:`DataError` naming its line ("stdin:LINE") rather than a failure deep inside the tokenizer."""
     buf: list[str] = []
-    for line in stream:
-        buf.append(line.removesuffix("\n").removesuffix("\r"))
+    for lineno, line in enumerate(stream, start=1):
+        if isinstance(line, bytes):
+            buf.append(_decode(line, f"stdin:{lineno}", first=lineno == 1))
+        else:
+            buf.append(line.removesuffix("\n").removesuffix("\r"))
         if len(buf) == size:
             yield buf
             buf = []
