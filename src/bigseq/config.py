@@ -216,6 +216,13 @@ class SearchConfig:
             raise ConfigError(f"search.temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"search.top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"search.top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.max_len_a < 0 or self.max_len_b < 0:
+            raise ConfigError(
+                f"search.max_len_a and max_len_b must be >= 0 (outputs are limited to a * source length + b), "
+                f"got {self.max_len_a} and {self.max_len_b}"
+            )
         if self.no_repeat_ngram < 0:
             raise ConfigError(f"search.no_repeat_ngram must be >= 0 (0 = off), got {self.no_repeat_ngram}")
 
