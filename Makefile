@@ -50,6 +50,7 @@ demo-g2p: setup
 	@echo "--- test set (10k words, greedy): WER and PER in percent ---"
 	$(BIN)/bigseq evaluate runs/demo-g2p --data $(G2P)/data/test.jsonl
 	@echo "try: echo hello | $(BIN)/bigseq generate runs/demo-g2p --beam 5"
+	@echo "  or: $(BIN)/bigseq generate runs/demo-g2p   (type a word, get its phonemes; Ctrl-D ends)"
 
 # Side-by-side speed and memory against Hugging Face transformers (a few minutes); writes bench/results.json.
 bench: setup

@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "--beam 4 --no-repeat-ngram 2"
     )
     print(f"  echo 'KING: Now is the winter of our discontent' | bigseq generate {runs['genre']}")
+    print(f"  bigseq generate {runs['nextline']} --beam 4   # type a line, get the next one; Ctrl-D ends")
     print(f"  bigseq evaluate {runs['genre']} --data {args.data / 'genre_test.jsonl'}")
     print(
         f"  bigseq finetune --init {runs['pretrain']} --train TRAIN.jsonl --valid VALID.jsonl --out runs/mine"
