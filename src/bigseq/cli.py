@@ -131,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--buffer-size", type=int, metavar="N",
         help="inputs read before decoding; each buffer's outputs are written (and flushed) before the next "
-        "is read, in order (default: 1 when stdin is a terminal, else 1024; 0 = all of stdin). Sampling "
-        "uses --seed + k for the k-th buffer, so it repeats with the same buffer size",
+        "is read, in order (default: 1 when stdin is a terminal, else 1024 or the batch size if larger; 0 = "
+        "all of stdin). Sampling uses --seed + k for the k-th buffer, so it repeats with the same buffer size",
     )  # fmt: skip
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -239,15 +239,17 @@ def _generate(args: argparse.Namespace) -> None:
     from bigseq import api
     from bigseq.data.readers import read_buffers
 
-    interactive = getattr(sys.stdin, "isatty", lambda: False)()
-    size = args.buffer_size if args.buffer_size is not None else (1 if interactive else 1024)
-    if size < 0:
-        raise ConfigError(f"--buffer-size must be >= 0 (0 = all of stdin), got {size}")
+    if args.buffer_size is not None and args.buffer_size < 0:
+        raise ConfigError(f"--buffer-size must be >= 0 (0 = all of stdin), got {args.buffer_size}")
     run = api.load(
         args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
         wise_alpha=args.wise_alpha,
     )  # fmt: skip
     search = _search_overrides(args)
+    interactive = getattr(sys.stdin, "isatty", lambda: False)()
+    size = args.buffer_size
+    if size is None:  # from a pipe: enough inputs to sort into full batches (never fewer than one batch)
+        size = 1 if interactive else max(1024, search["batch_size"] or run.config.search.batch_size)
     # A typed line is answered at once and a bar would interleave with the answers, so none then.
     with _progress_bar(args.quiet or interactive, "inputs") as bar:
         # Bytes, decoded line by line: invalid UTF-8 is then an error naming its line.
