@@ -1235,7 +1235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "scaling" in sections:
         res["scaling"] = section_scaling(p, ours, reps, warmup)
     if "gru" in sections:
-        res["gru"] = section_gru(p, ours, reps, warmup)
+        # At most 3 timed pairs: no headline depends on this section, and its GRU steps are the benchmark's
+        # longest (about 12 s each at b16x256 on a 2-core AMD EPYC, 0.24x the Transformer's tokens/s): with
+        # the full --reps they took over 2 of make bench's 9.5 minutes there.
+        res["gru"] = section_gru(p, ours, min(reps, 3), min(warmup, 1))
     # CTranslate2: the transformers model as it is now (the weights its generation rows use, i.e. after the
     # training sections' steps), converted and run in a process of its own (Ct2Worker: in this process it
     # slowed torch ~2x); paired with transformers like the rows above.
