@@ -77,26 +77,24 @@ def translate(
                 best = scores.topk(min(search.n_best, len(labels)), dim=1)
                 for i, vals, idx in zip(chunk, best.values.tolist(), best.indices.tolist(), strict=True):
                     out[i] = [(labels[j], v) for j, v in zip(idx, vals, strict=True)]
-                if progress is not None:
-                    progress.update(len(chunk))
-                continue
-            hyps = generate(
-                model,
-                src,
-                mask,
-                max_lengths(mask, search.max_len_a, search.max_len_b, cap),
-                beam=search.beam,
-                n_best=search.n_best,
-                length_penalty=search.length_penalty,
-                sample=search.sample,
-                temperature=search.temperature,
-                top_k=search.top_k,
-                top_p=search.top_p,
-                generator=gen,
-                no_repeat_ngram=search.no_repeat_ngram,
-            )
-            for i, hs in zip(chunk, hyps, strict=True):
-                out[i] = _texts(toks, hs)
+            else:
+                hyps = generate(
+                    model,
+                    src,
+                    mask,
+                    max_lengths(mask, search.max_len_a, search.max_len_b, cap),
+                    beam=search.beam,
+                    n_best=search.n_best,
+                    length_penalty=search.length_penalty,
+                    sample=search.sample,
+                    temperature=search.temperature,
+                    top_k=search.top_k,
+                    top_p=search.top_p,
+                    generator=gen,
+                    no_repeat_ngram=search.no_repeat_ngram,
+                )
+                for i, hs in zip(chunk, hyps, strict=True):
+                    out[i] = _texts(toks, hs)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
