@@ -19,7 +19,7 @@ import torch
 
 from bigseq import metrics as metrics_mod
 from bigseq import speed
-from bigseq.config import Config, ModelConfig
+from bigseq.config import Config, ModelConfig, SearchConfig
 from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
@@ -64,7 +64,8 @@ class Seq2SeqRun:
         self.tokenizers = toks
         self.model = model.eval()
 
-    def _search(self, **overrides: Any):  # noqa: ANN202
+    def search_config(self, **overrides: Any) -> SearchConfig:
+        """The run's search settings with ``overrides`` (None = keep the run's), validated."""
         given = {k: v for k, v in overrides.items() if v is not None}
         s = replace(self.config.search, **given)
         s.validate()
@@ -80,7 +81,7 @@ class Seq2SeqRun:
             self.model,
             self.tokenizers,
             list(sources),
-            self._search(**search),
+            self.search_config(**search),
             self.config.data.max_src_len,
             seed,
             labels=self.config.data.labels,
@@ -129,7 +130,7 @@ class Seq2SeqRun:
         # Only when asked: a list here makes evaluation decode even a run that has no task metrics.
         decoded: list[tuple[Example, str, float]] | None = [] if predictions is not None else None
         result = evaluate(
-            self.model, self.tokenizers, examples, self._search(**search), self.config.metrics,
+            self.model, self.tokenizers, examples, self.search_config(**search), self.config.metrics,
             d.max_src_len, d.max_tgt_len, labels=d.labels, predictions=decoded, progress=progress,
         )  # fmt: skip
         if predictions is not None:

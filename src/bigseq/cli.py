@@ -246,10 +246,11 @@ def _generate(args: argparse.Namespace) -> None:
         wise_alpha=args.wise_alpha,
     )  # fmt: skip
     search = _search_overrides(args)
+    batch_size = run.search_config(**search).batch_size  # also checks the flags before any input is read
     interactive = getattr(sys.stdin, "isatty", lambda: False)()
     size = args.buffer_size
     if size is None:  # from a pipe: enough inputs to sort into full batches (never fewer than one batch)
-        size = 1 if interactive else max(1024, search["batch_size"] or run.config.search.batch_size)
+        size = 1 if interactive else max(1024, batch_size)
     # A typed line is answered at once and a bar would interleave with the answers, so none then.
     with _progress_bar(args.quiet or interactive, "inputs") as bar:
         # Bytes, decoded line by line: invalid UTF-8 is then an error naming its line.
