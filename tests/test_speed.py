@@ -195,11 +195,15 @@ def test_compiled_decoding_finds_the_eager_outputs():
     compile_for_inference(compiled)
     src, mask, _ = _batch(b=6)
     max_lens = torch.full((6,), 10)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     for beam in (1, 3):
         ref = generate(model, src, mask, max_lens, beam=beam)
         out = generate(compiled, src, mask, max_lens, beam=beam)
         assert [h[0].tokens for h in out] == [h[0].tokens for h in ref], beam
         assert [h[0].score for h in out] == pytest.approx([h[0].score for h in ref], abs=1e-4)
+    # encode, then decode without and with a cache for greedy and again for beams (which read the memory
+    # in groups): 5 graphs, none per step (beam search once fed a strided last-token view, recompiled twice)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 5
 
 
 def test_decode_layout_keeps_the_values_and_the_outputs(tmp_path):

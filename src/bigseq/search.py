@@ -199,21 +199,23 @@ def _beam(
     scores = torch.zeros(b, k, device=device)
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first at step 0
     tokens = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
+    last = tokens  # (b * k, 1) the newest tokens, contiguous: see below
     finished = torch.zeros(b * k, dtype=torch.bool, device=device)
     lengths = torch.zeros(b * k, device=device)
     base = (torch.arange(b, device=device) * k)[:, None]
     cache = None
     for t in range(int(max_lens.max()) + 1):
-        logits, cache = model.decode(tokens[:, -1:], memory, cache)
+        logits, cache = model.decode(last, memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
         logp = _restrict_to_eos(logp, (t >= lim) & ~finished)
         if no_repeat_ngram:  # finished rows (EOS, padding in their history) extend with PAD regardless
             logp = _ban_repeats(logp, tokens[:, 1:], no_repeat_ngram)
         v = logp.shape[-1]
-        # The candidates' totals, then in place on that fresh tensor (one pass over b * k * V fewer than
-        # masking logp first): a finished hypothesis extends only with PAD, at no cost.
-        cand = scores.view(-1, 1) + logp
-        cand.masked_fill_(finished[:, None], float("-inf"))
+        # The candidates' totals, in place in logp (a fresh tensor of b * k * V floats costs page faults on
+        # the CPU); a finished hypothesis extends only with PAD, at no cost: only its row is written over.
+        cand = logp.add_(scores.view(-1, 1))
+        if finished.any():
+            cand.index_fill_(0, finished.nonzero().squeeze(1), float("-inf"))
         cand[:, PAD] = torch.where(finished, scores.view(-1), float("-inf"))
         cand = cand.view(b, k * v)
         scores, idx = cand.topk(k, dim=-1)
@@ -221,6 +223,9 @@ def _beam(
         tok = (idx % v).view(-1)
         was_finished = finished[rows]
         tokens = torch.cat([tokens[rows], tok[:, None]], dim=1)
+        # Not ``tokens[:, -1:]``, whose row stride grows every step: a model compiled by torch.compile
+        # guards on input strides and recompiled for it at steps 2 and 3 (about 17 s each, tiny model).
+        last = tok[:, None]
         lengths = lengths[rows] + (~was_finished).float()
         finished = was_finished | (tok == EOS)
         if finished.all():

@@ -56,9 +56,15 @@ def test_padding_is_invisible(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_incremental_decoding_matches_full_forward(arch):
+@pytest.mark.parametrize("padded", [True, False])
+def test_incremental_decoding_matches_full_forward(arch, padded):
+    """With padding in the sources and without (where the Transformer's cache keeps no cross-attention mask)."""
     model = tiny_model(arch)
     src, mask, tgt = _batch(t=9)
+    if not padded:
+        src, mask = src[[0, 2]], mask[[0, 2]]
+        tgt = tgt[[0, 2]]
+        assert mask.all()
     full = model(src, mask, tgt)
     memory = model.encode(src, mask)
     cache, steps = None, []
@@ -67,6 +73,8 @@ def test_incremental_decoding_matches_full_forward(arch):
         logits, cache = model.decode(tgt[:, lo:hi], memory, cache)
         steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    if arch == "transformer":
+        assert (cache.cross_mask is None) == (not padded)
 
 
 def test_transformer_cache_grows_beyond_initial_capacity():
