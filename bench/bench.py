@@ -1232,12 +1232,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res[f"beam{p.beam}_speedup_bf16"] = min(r["ratio"] for r in res["bf16"]["beam"].values())
     if "peak" in sections:
         res["peak"] = section_peak(p, res["train"], reps)
+    # The scaling and GRU sections time at most 3 steps (pairs) after at most 1 warm-up: no headline depends
+    # on them, and at full --reps they were the longest of make bench on a 2-core AMD EPYC -- scaling 2.2 of
+    # 8.2 minutes (5 lengths x 9 steps of 2.6-3.2 s), the GRU over 2 of 9.5 (steps of ~12 s at b16x256).
     if "scaling" in sections:
-        res["scaling"] = section_scaling(p, ours, reps, warmup)
+        res["scaling"] = section_scaling(p, ours, min(reps, 3), min(warmup, 1))
     if "gru" in sections:
-        # At most 3 timed pairs: no headline depends on this section, and its GRU steps are the benchmark's
-        # longest (about 12 s each at b16x256 on a 2-core AMD EPYC, 0.24x the Transformer's tokens/s): with
-        # the full --reps they took over 2 of make bench's 9.5 minutes there.
         res["gru"] = section_gru(p, ours, min(reps, 3), min(warmup, 1))
     # CTranslate2: the transformers model as it is now (the weights its generation rows use, i.e. after the
     # training sections' steps), converted and run in a process of its own (Ct2Worker: in this process it
