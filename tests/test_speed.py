@@ -202,8 +202,9 @@ def test_compiled_decoding_finds_the_eager_outputs():
         assert [h[0].tokens for h in out] == [h[0].tokens for h in ref], beam
         assert [h[0].score for h in out] == pytest.approx([h[0].score for h in ref], abs=1e-4)
     # encode, then decode without and with a cache for greedy and again for beams (which read the memory
-    # in groups): 5 graphs, none per step (beam search once fed a strided last-token view, recompiled twice)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 5
+    # in groups): at most 5 graphs, none per step (beam search once fed the model a strided last-token view,
+    # and it recompiled for the new stride at steps 2 and 3)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 5
 
 
 def test_decode_layout_keeps_the_values_and_the_outputs(tmp_path):

@@ -160,10 +160,10 @@ class DecoderLayer(nn.Module):
         cache: TransformerCache | None,
         layer: int,
     ) -> Tensor:
-        """x: (B, T, D) new positions; mem_mask: (B, 1, 1, S) or None (no padding); ``cross``: the cross-attention keys and values
-        (projected once per generation, incremental decoding) or the memory states (B, S, D) to project here
-        (teacher forcing: inside this forward, so that an FSDP unit per layer gathers its weights for it).
-        With a cache, keys/values are appended to it."""
+        """x: (B, T, D) new positions; mem_mask: (B, 1, 1, S) or None (no padding); ``cross``: the
+        cross-attention keys and values (projected once per generation, incremental decoding) or the memory
+        states (B, S, D) to project here (teacher forcing: inside this forward, so that an FSDP unit per layer
+        gathers its weights for it). With a cache, keys/values are appended to it."""
         cross_kv = self.cross_attn.project_kv(cross) if isinstance(cross, Tensor) else cross
         a = self.self_attn
         q, k, v = a.heads(a.qkv(self.ln1(x)), 3)
