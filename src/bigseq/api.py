@@ -20,7 +20,7 @@ import torch
 from bigseq import metrics as metrics_mod
 from bigseq import speed
 from bigseq.config import Config, ModelConfig, SearchConfig
-from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches
+from bigseq.data.batching import PairSet, encode_pairs
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
 from bigseq.data.pretrain import PretrainData
@@ -30,8 +30,8 @@ from bigseq.evaluation import (
     Progress,
     closed_label_set,
     evaluate,
-    model_device,
     teacher_forced_loss,
+    token_batches,
     translate,
 )
 from bigseq.models.base import build_model, count_parameters
@@ -103,11 +103,8 @@ class Seq2SeqRun:
         examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(zip(sources, targets, strict=True))]
         d = self.config.data
         data = encode_pairs(examples, self.tokenizers, d.max_src_len, d.max_tgt_len, all_references=False)
-        widths = (self.config.train.length_grid, self.model.config.max_positions)
-        lens = [len(x) for x in data.src], [len(y) for y in data.tgt]
         out = [0.0] * len(data)
-        for idx in make_batches(*lens, batch_tokens, None, *widths):
-            b = collate(data, idx, *widths).to(model_device(self.model))
+        for idx, b in token_batches(self.model, data, batch_tokens, self.config.train.length_grid):
             tgt = torch.cat([b.tgt_in[:, :1], b.tgt_out], dim=1)
             for i, v in zip(
                 idx.tolist(), score_targets(self.model, b.src, b.src_mask, tgt).tolist(), strict=True

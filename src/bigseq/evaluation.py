@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from bigseq import metrics as metrics_mod
 from bigseq.config import SearchConfig, TrainConfig
-from bigseq.data.batching import PairSet, collate, encode_pairs, make_batches, pad, round_length
+from bigseq.data.batching import Batch, PairSet, collate, encode_pairs, make_batches, pad, round_length
 from bigseq.data.readers import Example
 from bigseq.search import Hypothesis, generate, max_lengths, score_candidates
 from bigseq.tokenizer import BOS, EOS, PAD, UNK, TokenizerPair
@@ -113,6 +114,17 @@ def _texts(toks: TokenizerPair, hyps: list[Hypothesis]) -> list[tuple[str, float
 
 
 @torch.no_grad()
+def token_batches(
+    model: torch.nn.Module, data: PairSet, batch_tokens: int, length_grid: int = TrainConfig.length_grid
+) -> Iterator[tuple[Tensor, Batch]]:
+    """``data`` in length-sorted batches of at most ``batch_tokens`` padded source + target tokens, padded to
+    ``length_grid`` as in training, on ``model``'s device: (the batch's indices into ``data``, the batch)."""
+    lens = [len(s) for s in data.src], [len(t) for t in data.tgt]
+    widths = (length_grid, model.config.max_positions)
+    for idx in make_batches(*lens, batch_tokens, None, *widths):
+        yield idx, collate(data, idx, *widths).to(model_device(model))
+
+
 def teacher_forced_loss(
     model: torch.nn.Module, data: PairSet, batch_tokens: int, length_grid: int = TrainConfig.length_grid
 ) -> tuple[float, int]:
@@ -122,10 +134,7 @@ def teacher_forced_loss(
     model.eval()
     total, count = 0.0, 0
     try:
-        lens = [len(s) for s in data.src], [len(t) for t in data.tgt]
-        widths = (length_grid, model.config.max_positions)
-        for idx in make_batches(*lens, batch_tokens, None, *widths):
-            b = collate(data, idx, *widths).to(model_device(model))
+        for _, b in token_batches(model, data, batch_tokens, length_grid):
             logits = model(b.src, b.src_mask, b.tgt_in)
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(), b.tgt_out.flatten(), ignore_index=PAD, reduction="sum"
