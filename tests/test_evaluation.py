@@ -72,3 +72,28 @@ def test_translate_gives_the_same_answers_with_and_without_the_length_grid(monke
         assert [[t for t, _ in hs] for hs in grid] == [[t for t, _ in hs] for hs in exact]
         for a, b in zip(exact, grid, strict=True):
             assert [s for _, s in b] == pytest.approx([s for _, s in a], abs=1e-4)
+
+
+def test_teacher_forced_loss_runs_without_autograd_and_matches_scoring_each_pair():
+    """The validation loss pass builds no autograd graph (a graph per batch cost time and memory at every
+    evaluation), and its mean per-token loss is the pairs' summed log-probabilities over their tokens."""
+    from bigseq.data.batching import PairSet, pad
+    from bigseq.evaluation import teacher_forced_loss
+
+    model = tiny_model("transformer").train()  # validation switches to eval and back
+    g = torch.Generator().manual_seed(2)
+    src = [torch.randint(4, 23, (n,), generator=g).tolist() for n in (3, 7, 5, 9)]
+    tgt = [[BOS, *torch.randint(4, 19, (n,), generator=g).tolist(), EOS] for n in (4, 2, 6, 3)]
+    grad_enabled = []
+    model.register_forward_pre_hook(lambda module, args: grad_enabled.append(torch.is_grad_enabled()))
+    loss, count = teacher_forced_loss(model, PairSet(src, tgt), batch_tokens=30)
+    assert grad_enabled and not any(grad_enabled)
+    assert model.training
+    assert count == sum(len(t) - 1 for t in tgt)
+    model.eval()
+    with torch.no_grad():
+        total = sum(
+            -float(score_targets(model, pad([s]), pad([s]) != PAD, torch.tensor([t]))[0])
+            for s, t in zip(src, tgt, strict=True)
+        )
+    assert loss == pytest.approx(total / count, rel=1e-5)

@@ -113,7 +113,6 @@ def _texts(toks: TokenizerPair, hyps: list[Hypothesis]) -> list[tuple[str, float
     return [(toks.tgt.decode(h.tokens), h.score) for h in hyps]
 
 
-@torch.no_grad()
 def token_batches(
     model: torch.nn.Module, data: PairSet, batch_tokens: int, length_grid: int = TrainConfig.length_grid
 ) -> Iterator[tuple[Tensor, Batch]]:
@@ -125,6 +124,7 @@ def token_batches(
         yield idx, collate(data, idx, *widths).to(model_device(model))
 
 
+@torch.no_grad()  # validation only: no autograd graph (it cost time and memory at every eval)
 def teacher_forced_loss(
     model: torch.nn.Module, data: PairSet, batch_tokens: int, length_grid: int = TrainConfig.length_grid
 ) -> tuple[float, int]:
