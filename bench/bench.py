@@ -390,34 +390,14 @@ def compare(units: float, ours_s: list[float], hf_s: list[float]) -> dict[str, A
 
 
 def train_flops(p: Preset, b: int, s: int, t: int) -> float:
-    """Model FLOPs of one training step (forward + backward), counted from the shapes.
+    """Model FLOPs of one training step (forward + backward), counted from the shapes by the library's own
+    count (``bigseq.models.base.train_flops``: 6 x the multiply-accumulates of the forward pass's matrix
+    products, which ``bigseq.models.transformer.count_macs`` lists term by term). Embedding lookups, layer
+    norms, softmax, biases, the loss and the optimizer are not counted. Both models run the same matmul
+    shapes, so one count serves both."""
+    from bigseq.models.transformer import count_macs
 
-    With d = d_model, f = d_ff, V = vocabulary, L = layers per stack, batch b, source length s, target
-    length t, multiply-accumulates (MACs) of the forward pass are::
-
-        encoder   b*s*L*(4*d^2 + 2*d*f)            Q, K, V, output projections; FFN
-        decoder   b*t*L*(6*d^2 + 2*d*f)            self-attn Q, K, V, out; cross-attn Q, out; FFN
-        cross KV  b*s*L*(2*d^2)                    cross-attention keys and values of the memory
-        head      b*t*d*V                          output projection (tied embedding)
-        attention L*(2*b*s^2*d + 2*b*t^2*d + 2*b*t*s*d)
-                                                   scores Q K^T and weighted values P V: encoder self,
-                                                   decoder self (full square counted, causal or not),
-                                                   decoder cross
-
-    FLOPs = 2 * MACs for the forward pass, and the backward pass costs twice the forward, so
-    ``train FLOPs = 6 * MACs`` -- about 6 x (matmul parameters) x tokens plus the attention terms.
-    Embedding lookups, layer norms, softmax, biases, the loss and the optimizer are not counted.
-    Both models run the same matmul shapes, so one formula serves both.
-    """
-    d, f, v, n = p.d_model, p.d_ff, p.vocab, p.layers
-    macs = (
-        b * s * n * (4 * d * d + 2 * d * f)
-        + b * t * n * (6 * d * d + 2 * d * f)
-        + b * s * n * 2 * d * d
-        + b * t * d * v
-        + n * (2 * b * s * s * d + 2 * b * t * t * d + 2 * b * t * s * d)
-    )
-    return 6.0 * macs
+    return 6.0 * count_macs(ours_config(p), b, s, t)
 
 
 def matmul_peak(n: int, reps: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:

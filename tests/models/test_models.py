@@ -174,3 +174,39 @@ def test_bf16_attention_on_cpu_matches_fp32_on_both_sides_of_the_length_threshol
     # bf16 keeps 8 bits of mantissa: a few percent of the outputs' scale
     assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
     assert (grad.float() - ref_grad).abs().max() < 0.05 * ref_grad.abs().max()
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [
+        ("transformer", {}),
+        ("transformer", {"enc_layers": 3, "dec_layers": 1, "tgt_vocab_size": 31}),
+        ("gru", {}),
+        ("gru", {"bidirectional": False, "attention": False}),
+        ("gru", {"enc_layers": 3, "dec_layers": 1}),
+    ],
+)
+def test_forward_macs_match_torchs_flop_counter(arch, overrides):
+    """``forward_macs`` (what training reports its model FLOPs from) counts every matrix product of a forward
+    pass: torch's own FLOP counter (2 FLOPs per multiply-accumulate) agrees exactly, attention through the
+    math kernel, which the counter can see. Forward + backward: the Transformer's is 3x its forward, as
+    ``train_flops`` assumes; the GRU's 95-100% of that."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bigseq.models.base import train_flops
+
+    model = tiny_model(arch, **overrides).train()
+    for b, s, t in [(2, 5, 7), (3, 9, 4)]:
+        src = torch.randint(4, 23, (b, s))
+        tgt = torch.randint(4, model.config.tgt_vocab_size, (b, t))
+        with FlopCounterMode(display=False) as forward, sdpa_kernel(SDPBackend.MATH):
+            logits = model(src, src != PAD, tgt)
+        assert forward.get_total_flops() == 2 * model.forward_macs(b, s, t)
+        with FlopCounterMode(display=False) as backward, sdpa_kernel(SDPBackend.MATH):
+            logits.sum().backward()
+        step = forward.get_total_flops() + backward.get_total_flops()
+        if arch == "transformer":
+            assert step == train_flops(model, b, s, t)
+        else:
+            assert 0.95 < step / train_flops(model, b, s, t) <= 1.0

@@ -74,6 +74,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, reverse_ta
         # Only rank 0 wrote: the same file set as the 1-process run; full (gathered) weights for FSDP too.
         assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
         assert json.loads((two / "summary.json").read_text())["steps"] == 12
+        # the ranks' model FLOPs, summed, are the one process's: the same batches ran
+        assert [r["flops"] for r in records(two)] == [r["flops"] for r in records(one)]
     # A sharded run resumes from its gathered checkpoint (weights and optimizer state) and stays on the curve.
     args = [*COMMON, "--set", "train.grad_accum=2", "--max-steps", "16", "--resume"]
     assert main(["train", *data, "--out", str(one), *args]) == 0

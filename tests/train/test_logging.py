@@ -44,10 +44,10 @@ def test_tensorboard_and_metrics_record_train_and_valid(tmp_path):
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     tb = _scalars(run)
-    assert set(tb) == {"train/loss", "train/lr", "train/tokens_per_s", "valid/loss", "valid/perplexity",
-                       "valid/exact_match"}  # fmt: skip
+    assert set(tb) == {"train/loss", "train/lr", "train/tokens_per_s", "train/model_flops_per_s", "valid/loss",
+                       "valid/perplexity", "valid/exact_match"}  # fmt: skip
     assert [s for s, _ in tb["train/loss"]] == [1, 2, 3, 4, 5, 6]  # log_every=1
-    assert all(v > 0 for _, v in tb["train/tokens_per_s"])
+    assert all(v > 0 for _, v in tb["train/tokens_per_s"] + tb["train/model_flops_per_s"])
     assert [s for s, _ in tb["valid/loss"]] == [r["step"] for r in rows] == [3, 6]
     for (_, tb_loss), row in zip(tb["valid/loss"], rows, strict=True):
         assert tb_loss == pytest.approx(row["valid_loss"], rel=1e-6)

@@ -151,7 +151,7 @@ def test_ctrl_c_between_evaluations_resumes_bit_for_bit(tmp_path, monkeypatch):
         return _cfg("train.max_steps=10", "train.eval_every=100", "model.dropout=0.1")
 
     quiet = {"progress": False, "log": lambda *a: None}
-    bigseq.api.train(cfg(), train, valid, tmp_path / "straight", **quiet)
+    straight = bigseq.api.train(cfg(), train, valid, tmp_path / "straight", **quiet)
     monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
     stopped = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", **quiet)
     assert stopped.steps == 5 and stopped.stopped_by.startswith("SIGINT; checkpoint saved")
@@ -160,6 +160,7 @@ def test_ctrl_c_between_evaluations_resumes_bit_for_bit(tmp_path, monkeypatch):
     assert resumed.steps == 10
     a, b = (load_file(state_weights(tmp_path / name)) for name in ("straight", "stopped"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
+    assert resumed.flops == straight.flops > 0  # the compute count is saved with the checkpoint
 
 
 def test_early_stopping_and_accumulation(tmp_path):
@@ -182,6 +183,39 @@ def test_early_stopping_and_accumulation(tmp_path):
     )
     expected = sum(src_lens[i] + tgt_lens[i] - 1 for b in batches[:4] for i in b)
     assert rows[0]["tokens"] == expected
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru"])
+def test_model_flops_count_exactly_the_batches_trained_on(tmp_path, monkeypatch, arch):
+    """metrics.jsonl and summary.json report model FLOPs: 6 x the forward MACs (``forward_macs``) of every
+    batch that ran, at its padded shape, two per step with grad_accum=2; the FLOP/s is that over the time."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    build, shapes = bigseq.api.build_model, []
+
+    def build_recording_shapes(mcfg):
+        model = build(mcfg)
+
+        def hook(module, args):
+            if module.training:
+                src, _, tgt_in = args
+                shapes.append((*src.shape, tgt_in.shape[1]))
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_recording_shapes)
+    cfg = _cfg("train.max_steps=6", "train.eval_every=3", "train.grad_accum=2", f"model.arch={arch}")
+    summary = bigseq.api.train(cfg, train, valid, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert len(shapes) == 12 and len(set(shapes)) > 1  # batches of several shapes
+    model = build(Config.load(tmp_path / "run/config.yaml").model)
+    expected = [6 * model.forward_macs(*shape) for shape in shapes]
+    assert summary.flops == sum(expected)
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["flops"] for r in rows] == [sum(expected[:6]), sum(expected)]
+    saved = json.loads((tmp_path / "run/summary.json").read_text())
+    assert saved["flops"] == summary.flops
+    assert saved["flops_per_second"] == pytest.approx(summary.flops / summary.seconds, rel=1e-6)
+    assert "FLOP/s" in str(summary)
 
 
 def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):

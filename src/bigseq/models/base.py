@@ -8,6 +8,10 @@ Every model is an ``nn.Module`` with three methods:
   everything decoded so far. Incremental decoding gives the same logits as a full pass (a test pins it).
 - ``forward(src, src_mask, tgt_in) -> logits``: teacher forcing for training, no cache built.
 
+Optionally, ``forward_macs(batch, src_len, tgt_len) -> int``: the multiply-accumulates of the matrix products
+in one ``forward`` at that (padded) shape, counted from the shapes; training then reports its model FLOP/s
+(``train_flops``). A test checks each count against torch's own FLOP counter.
+
 Search never looks inside ``Memory`` or ``Cache``: it only reorders them along the batch dimension with
 ``select`` (expanding a batch to several beams, dropping finished rows) and ``reorder`` (beam search's
 per-step reordering among the beams of each input).
@@ -73,6 +77,16 @@ class Seq2Seq(Protocol):
     def decode(self, tgt: Tensor, memory: Memory, cache: Any | None = None) -> tuple[Tensor, Any]: ...
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor: ...
+
+
+def train_flops(model: nn.Module, batch: int, src_len: int, tgt_len: int) -> float | None:
+    """Model FLOPs of one training step on a (batch, src_len) -> (batch, tgt_len) batch, or None for a model
+    without ``forward_macs``. The forward pass does 2 FLOPs per multiply-accumulate and the backward pass
+    twice the forward's (gradients of the inputs and of the weights): 6 x MACs, the convention of model FLOPs
+    utilisation (MFU) figures. Frozen weights (LoRA, ``--freeze``) get no weight gradient, so such a run does
+    less work than this counts; element-wise ops, the loss and the optimizer are not counted."""
+    count = getattr(model, "forward_macs", None)
+    return None if count is None else 6.0 * count(batch, src_len, tgt_len)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

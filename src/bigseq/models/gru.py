@@ -113,6 +113,26 @@ class GRUSeq2Seq(nn.Module):
             out = self._attend(out, memory)
         return self.lm_head(self.drop(out)), GRUCache(h_n.transpose(0, 1))
 
+    def forward_macs(self, b: int, s: int, t: int) -> int:
+        """Multiply-accumulates of ``forward`` on b sources of s tokens and targets of t (padded shapes; the
+        packed encoder skips the padding, so a padded batch does somewhat less). With d = d_model, k = 1 or 2
+        directions, V = target vocabulary, L_e / L_d layers::
+
+            encoder GRU   b*s*k*(3*d*d + 3*d*d + (L_e - 1)*(3*d*k*d + 3*d*d))   input and hidden gates
+            memory        b*s*k*d*d (+ b*s*d*d keys)     projection of the states (and attention keys)
+            bridge        b*k*d*d                        first decoder state
+            decoder GRU   b*t*L_d*6*d*d
+            attention     b*t*(d*d + 2*s*d + 2*d*d)      query; scores and context; combine
+            head          b*t*d*V
+        """
+        c = self.config
+        d, k = c.d_model, 2 if c.bidirectional else 1
+        enc = b * s * k * (6 * d * d + (c.enc_layers - 1) * (3 * d * k * d + 3 * d * d))
+        macs = enc + b * s * k * d * d + b * k * d * d + b * t * c.dec_layers * 6 * d * d
+        if c.attention:
+            macs += b * s * d * d + b * t * (3 * d * d + 2 * s * d)
+        return macs + b * t * d * c.tgt_vocab_size
+
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing. src: (B, S); src_mask: (B, S) bool; tgt_in: (B, T) -> logits (B, T, V)."""
         logits, _ = self.decode(tgt_in, self.encode(src, src_mask))

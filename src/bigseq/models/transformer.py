@@ -288,6 +288,10 @@ class Transformer(nn.Module):
         cache.length = need
         return self.lm_head(self.dec_ln(x)), cache
 
+    def forward_macs(self, b: int, s: int, t: int) -> int:
+        """Multiply-accumulates of ``forward`` on b sources of s tokens and targets of t: ``count_macs``."""
+        return count_macs(self.config, b, s, t)
+
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing. src: (B, S); src_mask: (B, S) bool; tgt_in: (B, T) -> logits (B, T, V)."""
         memory = self.encode(src, src_mask)
@@ -296,6 +300,28 @@ class Transformer(nn.Module):
         for layer in self.decoder:
             x = self._run(layer, x, mem_mask, memory.states, None, 0)
         return self.lm_head(self.dec_ln(x))
+
+
+def count_macs(c: ModelConfig, b: int, s: int, t: int) -> int:
+    """Multiply-accumulates of the matrix products in ``Transformer.forward`` on b sources of s tokens and
+    targets of t (padded shapes). With d = d_model, f = d_ff, V = target vocabulary, L_e / L_d layers::
+
+        encoder   b*s*L_e*(4*d^2 + 2*d*f)     Q, K, V, output projections; FFN
+        decoder   b*t*L_d*(6*d^2 + 2*d*f)     self-attn Q, K, V, out; cross-attn Q, out; FFN
+        cross KV  b*s*L_d*2*d^2               cross-attention keys and values of the memory
+        head      b*t*d*V                     output projection
+        attention 2*b*d*(L_e*s^2 + L_d*(t^2 + t*s))
+                                              scores Q K^T and weighted values P V; the causal square
+                                              counted whole, as the attention kernel computes it
+    """
+    d, f = c.d_model, c.d_ff
+    return (
+        b * s * c.enc_layers * (4 * d * d + 2 * d * f)
+        + b * t * c.dec_layers * (6 * d * d + 2 * d * f)
+        + b * s * c.dec_layers * 2 * d * d
+        + b * t * d * c.tgt_vocab_size
+        + 2 * b * d * (c.enc_layers * s * s + c.dec_layers * (t * t + t * s))
+    )
 
 
 def _dropout(drop: Dropout, x: Tensor) -> Tensor:

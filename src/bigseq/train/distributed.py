@@ -53,11 +53,15 @@ class World:
 
     def sum(self, value: float) -> float:
         """Sum a number over all ranks (identity for a world of one)."""
+        return self.sums(value)[0]
+
+    def sums(self, *values: float) -> tuple[float, ...]:
+        """Each number summed over all ranks, in one all-reduce (identity for a world of one)."""
         if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=_device())
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=_device())
         dist.all_reduce(t)
-        return float(t.item())
+        return tuple(t.tolist())
 
     def any(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag OR-ed over all ranks, in one all-reduce (identity for a world of one)."""

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from bigseq.config import Config, TrainConfig
 from bigseq.data.batching import Batch, PairSet, collate, make_batches
 from bigseq.errors import BigseqError, ConfigError
-from bigseq.models.base import build_model
+from bigseq.models.base import build_model, train_flops
 from bigseq.speed import compile_for_training, warn_if_bf16_is_emulated
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
@@ -67,15 +67,28 @@ class Summary:
     best_path: str
     stopped_by: str
     kept: str = "best"  # train.keep: with "last", best_value / best_step describe the last evaluated weights
+    flops: float | None = None  # model FLOPs of all steps (None: the model does not count them)
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / max(self.seconds, 1e-9)
 
+    @property
+    def flops_per_second(self) -> float | None:
+        return None if self.flops is None else self.flops / max(self.seconds, 1e-9)
+
     def as_dict(self) -> dict[str, Any]:
-        """The fields and tokens/s (what ``summary.json`` holds; no best value without validation: null)."""
+        """The fields, tokens/s and model FLOP/s (what ``summary.json`` holds; null where there is no value:
+        no best value without validation, no FLOPs for a model that does not count them)."""
         best = self.best_value if math.isfinite(self.best_value) else None
-        return {**asdict(self), "best_value": best, "tokens_per_second": round(self.tokens_per_second, 1)}
+        rate = self.flops_per_second
+        return {
+            **asdict(self),
+            "best_value": best,
+            "flops": None if self.flops is None else int(self.flops),
+            "tokens_per_second": round(self.tokens_per_second, 1),
+            "flops_per_second": None if rate is None else round(rate),
+        }
 
     def __str__(self) -> str:
         best = (
@@ -83,10 +96,19 @@ class Summary:
             if math.isfinite(self.best_value)
             else f"no validation data: weights of step {self.best_step}"
         )
+        rate = "" if self.flops_per_second is None else f", {si(self.flops_per_second)}FLOP/s"
         return (
             f"done ({self.stopped_by}): {self.steps} steps, {self.tokens:,} tokens in {self.seconds / 60:.1f} min "
-            f"({self.tokens_per_second:,.0f} tokens/s); {best} -> {self.best_path}"
+            f"({self.tokens_per_second:,.0f} tokens/s{rate}); {best} -> {self.best_path}"
         )
+
+
+def si(x: float) -> str:
+    """``x`` with an SI prefix, three significant digits: 8.53e10 -> "85.3 G", 1.2e15 -> "1.20 P"."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {prefix}"
+    return f"{x:.3g} "
 
 
 def lr_factor(tc: TrainConfig, step: int, progress: float) -> float:
@@ -131,6 +153,7 @@ class Progress:
     epoch: int = 0
     pos: int = 0  # next batch of the epoch
     tokens: int = 0
+    flops: float = 0.0  # model FLOPs of the steps so far (``models.base.train_flops``; 0 if not counted)
     elapsed: float = 0.0
     best: float = math.inf  # sign-adjusted: lower is better
     best_step: int = 0  # of the published weights (the best, or with train.keep=last the latest evaluated)
@@ -291,6 +314,10 @@ def fit(
         time.perf_counter(),
     )
     interval_loss, interval_steps = 0.0, 0  # for the train_loss of the next metrics record
+    # Model FLOPs from each batch's padded shape (None: the model does not count them), for the FLOP/s shown
+    # beside tokens/s and the compute a run has spent (metrics.jsonl, summary.json).
+    counts_flops = train_flops(model, 1, 1, 1) is not None
+    window_flops = 0.0
     compile_pending = tc.compile
     metrics_path = out / "metrics.jsonl"
 
@@ -321,6 +348,9 @@ def fit(
                 g["lr"] = tc.lr * lr_factor(tc, step, progress_frac)
             opt.zero_grad(set_to_none=True)
             step_loss, step_tokens = 0.0, 0
+            step_flops = sum(
+                train_flops(model, *b.src.shape, b.tgt_in.shape[1]) * w for b, w in micro if counts_flops
+            )
             t_step = time.perf_counter()
             for b, weight in micro:
                 with amp:
@@ -350,8 +380,10 @@ def fit(
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             if hasattr(grad_norm, "full_tensor"):  # FSDP: a sharded DTensor holding the global norm
                 grad_norm = grad_norm.full_tensor()
-            step_loss, step_tokens = world.sum(step_loss), int(world.sum(step_tokens))
+            step_loss, step_tokens, step_flops = world.sums(step_loss, step_tokens, step_flops)
+            step_tokens = int(step_tokens)
             pr.tokens += step_tokens
+            pr.flops += step_flops
             if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
                 # Skip the update rather than train on NaN; give up after too many in a row.
                 pr.bad_steps += 1
@@ -372,6 +404,7 @@ def fit(
             window_loss += step_loss / n_tgt
             window_steps += 1
             window_tokens += step_tokens
+            window_flops += step_flops
             interval_loss += step_loss / n_tgt
             interval_steps += 1
 
@@ -379,6 +412,7 @@ def fit(
                 now = time.perf_counter()
                 mean_loss = window_loss / max(window_steps, 1)
                 tokens_per_s = window_tokens / (now - window_t)
+                flops_per_s = window_flops / (now - window_t)
                 lr = opt.param_groups[0]["lr"]
                 postfix = {
                     "loss": f"{mean_loss:.3f}",
@@ -386,6 +420,8 @@ def fit(
                     "lr": f"{lr:.2e}",
                     "ep": pr.epoch,
                 }
+                if counts_flops:
+                    postfix["flop_s"] = si(flops_per_s).replace(" ", "")
                 if tc.max_minutes:
                     postfix["min"] = f"{(now - t0) / 60:.1f}/{tc.max_minutes:g}"
                 bar.set_postfix(postfix)
@@ -393,7 +429,9 @@ def fit(
                     tb.add_scalar("train/loss", mean_loss, step)
                     tb.add_scalar("train/lr", lr, step)
                     tb.add_scalar("train/tokens_per_s", tokens_per_s, step)
-                window_loss, window_steps, window_tokens, window_t = 0.0, 0, 0, now
+                    if counts_flops:
+                        tb.add_scalar("train/model_flops_per_s", flops_per_s, step)
+                window_loss, window_steps, window_tokens, window_flops, window_t = 0.0, 0, 0, 0.0, now
             bar.update(1)
 
             elapsed_now = time.perf_counter() - t0
@@ -442,6 +480,7 @@ def fit(
                 "step": step,
                 "epoch": pr.epoch,
                 "tokens": pr.tokens,
+                "flops": int(pr.flops) if counts_flops else None,
                 "lr": opt.param_groups[0]["lr"],
                 "elapsed_s": round(time.perf_counter() - t0, 2),
                 "train_loss": interval_loss / interval_steps,
@@ -478,6 +517,7 @@ def fit(
         best_path=str(out / WEIGHTS_FILE),
         stopped_by=stopped_by,
         kept=tc.keep,
+        flops=pr.flops if counts_flops else None,
     )
 
 
