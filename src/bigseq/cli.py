@@ -74,6 +74,9 @@ def _add_search_flags(p: argparse.ArgumentParser) -> None:
                    "on large inputs only; not with --quantize int8)")  # fmt: skip
     g.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
                    help="where to run the model (auto: CUDA when available); int8 is CPU-only")  # fmt: skip
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for the model's ops (default: torch's, one per core); as train.threads "
+                   "does for training, e.g. to leave cores to other jobs")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,16 +238,28 @@ def _search_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _load_run(args: argparse.Namespace):  # noqa: ANN202 - an api.Seq2SeqRun (api is imported late: start-up)
+    """The run of ``generate`` / ``evaluate`` as their flags ask for it, on ``--threads`` CPU threads."""
     from bigseq import api
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return api.load(
+        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
+        wise_alpha=args.wise_alpha,
+    )  # fmt: skip
+
+
+def _generate(args: argparse.Namespace) -> None:
     from bigseq.data.readers import read_buffers
 
     if args.buffer_size is not None and args.buffer_size < 0:
         raise ConfigError(f"--buffer-size must be >= 0 (0 = all of stdin), got {args.buffer_size}")
-    run = api.load(
-        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
-        wise_alpha=args.wise_alpha,
-    )  # fmt: skip
+    run = _load_run(args)
     search = _search_overrides(args)
     batch_size = run.search_config(**search).batch_size  # also checks the flags before any input is read
     interactive = getattr(sys.stdin, "isatty", lambda: False)()
@@ -262,12 +277,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from bigseq import api
-
-    run = api.load(
-        args.run_dir, args.weights, quantize=args.quantize, compile=args.compile, device=args.device,
-        wise_alpha=args.wise_alpha,
-    )  # fmt: skip
+    run = _load_run(args)
     with _progress_bar(args.quiet, "examples decoded") as bar:
         result = run.evaluate(
             args.data, predictions=args.predictions, progress=bar, **_search_overrides(args)

@@ -76,7 +76,7 @@ def test_learns_to_reverse_strings(tmp_path, reversing_run, capsys, arch):
 
 
 def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monkeypatch):
-    run, _, _ = reversing_run("gru")  # the run of test_learns_to_reverse_strings[gru], trained once
+    run, _, valid = reversing_run("gru")  # the run of test_learns_to_reverse_strings[gru], trained once
     inputs = ["abcdef", "", "hgf", "abcdef", "dcbaabcd"]
     for flags in ([], ["--beam", "4"], ["--sample", "--seed", "1", "--temperature", "0.5"]):
         monkeypatch.setattr(sys, "stdin", _Lines(inputs))
@@ -94,6 +94,17 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--no-repeat-ngram", "-1"]) == 2
     assert "search.no_repeat_ngram must be >= 0" in capsys.readouterr().err
+    # --threads N: the model runs on N CPU threads (recorded here, not set: this process runs other tests),
+    # with the same outputs; fewer than one is a one-line error
+    import torch
+
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--threads", "1"]) == 0
+    assert threads == [1] and capsys.readouterr().out.split("\n")[:4] == ["fedcba", "", "fgh", "fedcba"]
+    assert main(["evaluate", str(run), "--data", str(valid), "--threads", "0"]) == 2
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err and threads == [1]
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--beam", "3", "--n-best", "3"]) == 0
     rows = capsys.readouterr().out.splitlines()
