@@ -125,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="read inputs on stdin, write one output line per input on stdout")
     g.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     _add_search_flags(g)
-    g.add_argument("--n-best", type=int, help="print the N best hypotheses per input, tab-separated")
+    g.add_argument(
+        "--n-best",
+        type=int,
+        help="print the N best hypotheses per input, tab-separated (with --sample: N samples, likeliest first)",
+    )
     g.add_argument("--sample", action="store_true", help="sample instead of searching")
     g.add_argument("--temperature", type=float, help="sampling temperature")
     g.add_argument("--top-k", type=int, help="sample from the k most likely tokens")

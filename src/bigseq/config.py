@@ -210,7 +210,7 @@ class SearchConfig:
         _positive("search.beam", self.beam)
         _positive("search.n_best", self.n_best)
         _positive("search.batch_size", self.batch_size)
-        if self.n_best > self.beam:
+        if self.n_best > self.beam and not self.sample:  # sampling draws n_best samples instead
             raise ConfigError(f"search.n_best ({self.n_best}) cannot exceed search.beam ({self.beam})")
         if self.temperature <= 0:
             raise ConfigError(f"search.temperature must be > 0, got {self.temperature}")

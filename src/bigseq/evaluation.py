@@ -17,10 +17,19 @@ from torch import Tensor
 
 from bigseq import metrics as metrics_mod
 from bigseq.config import SearchConfig, TrainConfig
-from bigseq.data.batching import Batch, PairSet, collate, encode_pairs, make_batches, pad, round_length
+from bigseq.data.batching import (
+    Batch,
+    PairSet,
+    collate,
+    encode_pairs,
+    encode_sources,
+    make_batches,
+    pad,
+    round_length,
+)
 from bigseq.data.readers import Example
 from bigseq.search import Hypothesis, generate, max_lengths, score_candidates
-from bigseq.tokenizer import BOS, EOS, PAD, UNK, TokenizerPair
+from bigseq.tokenizer import BOS, EOS, PAD, TokenizerPair
 
 
 class Progress(Protocol):
@@ -61,10 +70,11 @@ def translate(
     was_training = model.training
     model.eval()
     # An empty source would leave nothing to attend to; give it one unknown token instead.
-    ids = [s[:max_src_len] or [UNK] for s in toks.src.encode_batch(list(sources))]
+    ids = [s[:max_src_len] for s in encode_sources(toks, sources)]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     cap = model.config.max_positions - 1
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    # on the model's device: sampling on a GPU takes a CUDA generator (a CPU one is refused there)
+    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     out: list[list[tuple[str, float]]] = [[] for _ in ids]
     try:
         for start in range(0, len(order), search.batch_size):

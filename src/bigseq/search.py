@@ -26,8 +26,9 @@ class Hypothesis:
 
 
 def max_lengths(src_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
-    """(B,) output length limits a * source_length + b, at most ``cap``; from each example's own length."""
-    lengths = src_mask.sum(1).float()
+    """(B,) output length limits a * source_length + b, at most ``cap``; from each example's own length.
+    In float64: in float32 a = 1.3 is just below 1.3, and floor(90 * a) came out 116 instead of 117."""
+    lengths = src_mask.sum(1).double()
     return (lengths * a + b).floor().long().clamp(min=1, max=cap)
 
 
@@ -48,15 +49,19 @@ def generate(
     generator: torch.Generator | None = None,
     no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
-    """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses.
+    """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses
+    (with ``sample``: ``n_best`` independent samples, the likeliest first).
     ``no_repeat_ngram`` n > 0: no output holds any n-gram (n consecutive tokens) twice (n = 1: no token
     twice), as fairseq's ``--no-repeat-ngram-size``; the cure for the loops a weak model's beam falls
     into ("be be be be"). Scores stay the model's log-probabilities of the tokens chosen."""
-    if sample:
+    if sample:  # n_best independent samples per input (rows repeated), the likeliest first
+        if n_best > 1:
+            src, src_mask, max_lens = (x.repeat_interleave(n_best, 0) for x in (src, src_mask, max_lens))
         hyps = _greedy_or_sample(
             model, src, src_mask, max_lens, temperature, top_k, top_p, generator, no_repeat_ngram
         )
-        return [[h] for h in hyps]
+        groups = [hyps[i : i + n_best] for i in range(0, len(hyps), n_best)]
+        return [sorted(g, key=lambda h: -h.score) for g in groups]
     if beam == 1:
         hyps = _greedy_or_sample(model, src, src_mask, max_lens, no_repeat_ngram=no_repeat_ngram)
         return [[h] for h in hyps]

@@ -113,12 +113,23 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     # The Python API's score: the log-probability greedy decoding reported for its own output, in input
     # order, whatever the batching (char tokens: the text re-encodes to the tokens generated); a budget of 1
     # token puts every pair in a batch of its own, 20 groups pairs of similar length
+    # (an empty source too: every path encodes it as one unknown token)
     loaded = api.load(run)
-    sources = ["abcdef", "hgf", "dcbaabcd", "x", "abcdef"]
+    sources = ["abcdef", "hgf", "dcbaabcd", "x", "abcdef", ""]
     best = [h[0] for h in loaded.generate_n_best(sources, beam=1)]
     for batch_tokens in (1, 20, 8192):
         scores = loaded.score(sources, [text for text, _ in best], batch_tokens=batch_tokens)
         assert scores == pytest.approx([logp for _, logp in best], abs=1e-4), batch_tokens
+    # Sampling with n_best: that many independent samples per input, the likeliest first, the same again
+    # with the same seed; the CLI prints them tab-separated
+    samples = loaded.generate_n_best(sources[:3], sample=True, n_best=4, temperature=2.0, seed=3)
+    assert [len(s) for s in samples] == [4, 4, 4] and all(len({t for t, _ in s}) > 1 for s in samples)
+    assert all([lp for _, lp in s] == sorted((lp for _, lp in s), reverse=True) for s in samples)
+    assert loaded.generate_n_best(sources[:3], sample=True, n_best=4, temperature=2.0, seed=3) == samples
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    capsys.readouterr()
+    assert main(["generate", str(run), "--sample", "--n-best", "2", "--seed", "1"]) == 0
+    assert [len(r.split("\t")) for r in capsys.readouterr().out.splitlines()] == [2] * len(inputs)
     with pytest.raises(ConfigError, match="batch_tokens must be >= 1"):
         loaded.score(sources, sources, batch_tokens=0)
     assert loaded.score(["abc"], ["cba"])[0] > loaded.score(["abc"], ["abc"])[0]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bigseq.data.readers import Example
-from bigseq.tokenizer import BOS, EOS, PAD, TokenizerPair
+from bigseq.tokenizer import BOS, EOS, PAD, UNK, TokenizerPair
 
 
 @dataclass
@@ -40,6 +40,13 @@ class PairSet:
         return self
 
 
+def encode_sources(toks: TokenizerPair, sources: Sequence[str]) -> list[list[int]]:
+    """Source ids; a source that encodes to nothing (e.g. only characters the tokenizer drops) gets one UNK,
+    so that there is a position to attend to: a memory of padding alone has every attention key masked.
+    Training, scoring and decoding all encode through here, so a pair scores the same on every path."""
+    return [ids or [UNK] for ids in toks.src.encode_batch(list(sources))]
+
+
 def encode_pairs(
     examples: Sequence[Example],
     toks: TokenizerPair,
@@ -58,7 +65,7 @@ def encode_pairs(
         for ref in refs:
             sources.append(ex.source)
             targets.append(ref)
-    src_ids = toks.src.encode_batch(sources)
+    src_ids = encode_sources(toks, sources)
     tgt_ids = toks.tgt.encode_batch(targets)
     pairs = list(zip(src_ids, tgt_ids, strict=True))
     fits = [len(s) <= max_src_len and len(t) <= max_tgt_len for s, t in pairs]
