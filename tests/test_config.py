@@ -33,6 +33,7 @@ def test_preset_then_overrides():
         (["model.d_model=250"], "divisible by model.n_heads"),
         (["model.arch=lstm"], "model.arch must be one of transformer, gru"),
         (["train.lr=-1"], "train.lr must be > 0"),
+        (["train.warmup_steps=-5"], "train.warmup_steps must be >= 0 (0 = no warm-up), got -5"),
         (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
         (["data.src_tokenizer=char"], "data.shared_vocab=true needs"),
         (["train.metric=wer"], "train.metric='wer' must be one of metrics"),

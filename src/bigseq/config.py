@@ -162,6 +162,8 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name))
         if self.length_grid < 0:
             raise ConfigError(f"train.length_grid must be >= 0 (0 = exact lengths), got {self.length_grid}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0 (0 = no warm-up), got {self.warmup_steps}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:

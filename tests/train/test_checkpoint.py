@@ -109,3 +109,16 @@ def test_a_train_state_naming_a_file_elsewhere_is_refused(tmp_path):
     save_state({"progress": {"step": 5}}, tmp_path / "run" / "state.pt")
     save_weights(model, tmp_path / "run" / "last.safetensors")
     assert ckpt.load_train_state(tmp_path / "run", tiny_model("transformer")) == {"progress": {"step": 5}}
+
+
+def test_saved_files_get_an_ordinary_files_mode(tmp_path):
+    """Weights and state are written through a temporary file (mkstemp: mode 0600) and renamed; they end
+    with the mode any new file gets under the umask, readable by others as summary.json is."""
+    import os
+    import stat
+
+    save_weights(tiny_model("transformer"), tmp_path / "model.safetensors")
+    save_state({"step": 1}, tmp_path / "state.pt")
+    (tmp_path / "plain.txt").write_text("x")
+    modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in tmp_path.iterdir()}
+    assert modes["model.safetensors"] == modes["state.pt"] == modes["plain.txt"], modes

@@ -17,7 +17,7 @@ from bigseq.config import Config, apply_overrides, apply_preset
 from bigseq.data.batching import make_batches
 from bigseq.models.base import build_model
 from bigseq.train.checkpoint import load_state, load_train_state, load_weights
-from bigseq.train.loop import TrainingError
+from bigseq.train.loop import TrainingError, lr_factor
 from helpers import state_weights, write_reverse_task
 
 
@@ -271,3 +271,23 @@ def test_keep_last_publishes_the_latest_evaluated_weights(tmp_path):
     assert summary["kept"] == "last" and summary["best_step"] == 8
     with pytest.raises(Exception, match="train.keep"):
         _cfg("train.keep=first")
+
+
+@pytest.mark.parametrize("schedule", ["inverse_sqrt", "cosine", "constant"])
+@pytest.mark.parametrize("warmup", [0, 1, 100])
+def test_learning_rate_schedules_warm_up_then_follow_their_shape(schedule, warmup):
+    """Linear warm-up, then constant, 1/sqrt(step) or cosine; every step's lr is positive
+    (inverse_sqrt without warm-up gave lr 0 at every step: sqrt(0 / step))."""
+    tc = _cfg(f"train.schedule={schedule}", f"train.warmup_steps={warmup}").train
+    steps = list(range(1, 1001))
+    f = [lr_factor(tc, s, s / 1000) for s in steps]
+    assert all(0 < v <= 1 for v in f[:-1])
+    if warmup > 1:
+        assert f[: warmup - 1] == sorted(f[: warmup - 1]) and f[0] == pytest.approx(1 / warmup, rel=1e-3)
+    after = f[max(warmup, 1) - 1 :]
+    if schedule == "constant":
+        assert after == [1.0] * len(after)  # (cosine decays from the first step: it follows the budget)
+    elif schedule == "inverse_sqrt":
+        assert after == pytest.approx([(max(warmup, 1) / s) ** 0.5 for s in steps[max(warmup, 1) - 1 :]])
+    else:
+        assert after == sorted(after, reverse=True) and f[-1] == pytest.approx(tc.min_lr_ratio, abs=1e-6)

@@ -33,14 +33,27 @@ STATE_FILE = "state.pt"
 LEGACY_STATE_WEIGHTS = "last.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+# Files get the mode a plain open() would give them (0644 under the usual umask 022); read once, at import,
+# while no other thread can be creating files under a zero umask.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync it, then atomically rename it to ``path``."""
+    """Call ``write(tmp_path)``, fsync it, then atomically rename it to ``path``. The file gets the mode an
+    ordinary new file would (``mkstemp`` makes it 0600: the weights were unreadable to others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

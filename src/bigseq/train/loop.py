@@ -118,7 +118,9 @@ def lr_factor(tc: TrainConfig, step: int, progress: float) -> float:
     if tc.schedule == "constant":
         return warm
     if tc.schedule == "inverse_sqrt":
-        return warm * (math.sqrt(tc.warmup_steps / step) if step > tc.warmup_steps else 1.0)
+        # 1 / sqrt(step) scaled to 1 at the end of the warm-up (without one: from the first step; the
+        # unguarded sqrt(0 / step) made every step's lr 0)
+        return warm * (math.sqrt(max(tc.warmup_steps, 1) / step) if step > tc.warmup_steps else 1.0)
     cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return warm * (tc.min_lr_ratio + (1.0 - tc.min_lr_ratio) * cos)
 
