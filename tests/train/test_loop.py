@@ -291,3 +291,74 @@ def test_learning_rate_schedules_warm_up_then_follow_their_shape(schedule, warmu
         assert after == pytest.approx([(max(warmup, 1) / s) ** 0.5 for s in steps[max(warmup, 1) - 1 :]])
     else:
         assert after == sorted(after, reverse=True) and f[-1] == pytest.approx(tc.min_lr_ratio, abs=1e-6)
+
+
+def test_a_stop_at_an_evaluation_step_is_evaluated_on_resume_and_metrics_keep_one_row_per_step(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C during a step due for evaluation (here the last) saves without evaluating; the resumed run
+    evaluates that step first, so its rows and published weights are an uninterrupted run's. A kill between
+    an evaluation's metrics row and its checkpoint leaves a row that the resumed run writes again: resuming
+    drops the rows after the checkpoint, so each step keeps one."""
+    import importlib
+
+    loop = importlib.import_module("bigseq.train.loop")  # the module, to patch the save it calls
+
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    quiet = {"progress": False, "log": lambda *a: None}
+
+    def rows(run):
+        return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    def cfg():
+        return _cfg("train.max_steps=10", "train.eval_every=5", "train.keep=last")
+
+    straight = bigseq.api.train(cfg(), train, valid, tmp_path / "straight", **quiet)
+    build, calls = bigseq.api.build_model, {"n": 0}
+
+    def build_with_ctrl_c(mcfg):
+        model = build(mcfg)
+
+        def hook(module, args, out):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == 10:
+                    signal.raise_signal(signal.SIGINT)
+            return out
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+    stopped = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", **quiet)
+    assert stopped.steps == 10 and stopped.stopped_by.startswith("SIGINT")
+    assert [r["step"] for r in rows(tmp_path / "stopped")] == [5]
+    monkeypatch.undo()
+    resumed = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", resume=True, **quiet)
+    assert (resumed.steps, resumed.best_step, resumed.stopped_by) == (10, 10, "max_steps")
+    drop = ("elapsed_s", "train_loss")  # the resumed run trained nothing since its resume
+    assert [{k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "stopped")] == [
+        {k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "straight")
+    ]
+    a, b = (load_file(tmp_path / name / "model.safetensors") for name in ("straight", "stopped"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.flops == straight.flops
+
+    # killed inside the checkpoint save of step 10, after its metrics row was written
+    save, saves = loop.save_train_state, {"n": 0}
+
+    def killed_at_the_second_save(*args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise SystemExit("killed")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_train_state", killed_at_the_second_save)
+    with pytest.raises(SystemExit):
+        bigseq.api.train(cfg(), train, valid, tmp_path / "killed", **quiet)
+    assert [r["step"] for r in rows(tmp_path / "killed")] == [5, 10]
+    monkeypatch.undo()
+    with (tmp_path / "killed/metrics.jsonl").open("a") as f:
+        f.write('{"step": 1')  # and a line cut short
+    bigseq.api.train(cfg(), train, valid, tmp_path / "killed", resume=True, **quiet)
+    assert [r["step"] for r in rows(tmp_path / "killed")] == [5, 10]

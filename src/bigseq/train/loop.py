@@ -34,6 +34,7 @@ from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
     STATE_DIR,
     WEIGHTS_FILE,
+    atomic_write,
     load_train_state,
     remove_stale_temp_files,
     save_train_state,
@@ -163,6 +164,9 @@ class Progress:
     bad_evals: int = 0
     snaps_done: int = 0
     bad_steps: int = 0  # consecutive steps skipped for a non-finite loss or gradient
+    # the step of the latest evaluation (None in states from before it was saved): a stop by a signal at a
+    # step due for evaluation saves before evaluating, and the resumed run evaluates it first
+    evaluated_step: int | None = 0
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -271,7 +275,9 @@ def fit(
         torch.set_rng_state(st["rng"])
         if device.type == "cuda" and "cuda_rng" in st:  # dropout on the GPU draws from the CUDA generator
             torch.cuda.set_rng_state(st["cuda_rng"], device)
-        pr = Progress(**st["progress"])
+        pr = Progress(**{"evaluated_step": None, **st["progress"]})  # None: a state from before the field
+        if is_main:
+            _drop_rows_after(out / "metrics.jsonl", pr.step)
 
     def plain() -> torch.nn.Module | None:
         """The full model for saving and validating (gathered from the shards under FSDP: a collective;
@@ -308,13 +314,7 @@ def fit(
     bar = tqdm(total=None if tc.max_minutes else tc.max_steps, initial=pr.step, unit="step",
                disable=not (progress and is_main), dynamic_ncols=True, mininterval=0.5)  # fmt: skip
     model.train()
-    stopped_by, window_loss, window_steps, window_tokens, window_t = (
-        "max_steps",
-        0.0,
-        0,
-        0,
-        time.perf_counter(),
-    )
+    window_loss, window_steps, window_tokens, window_t = 0.0, 0, 0, time.perf_counter()
     interval_loss, interval_steps = 0.0, 0  # for the train_loss of the next metrics record
     # Model FLOPs from each batch's padded shape (None: the model does not count them), for the FLOP/s shown
     # beside tokens/s and the compute a run has spent (metrics.jsonl, summary.json).
@@ -324,7 +324,66 @@ def fit(
     metrics_path = out / "metrics.jsonl"
 
     with _StopSignals() as signals, _tensorboard(tc, out, pr.step if resume else None, is_main) as tb:
-        while pr.step < tc.max_steps:
+
+        def evaluate_and_save(step: int, out_of_time: bool) -> str | None:
+            """Evaluate, log, keep the best, save the train state; the reason to stop, if any."""
+            nonlocal interval_loss, interval_steps
+            # Validate what would be published (e.g. LoRA merged, WiSE-FT mixed), so that the figure logged and
+            # the choice of the best are about those weights.
+            full = plain()  # a collective under FSDP: every rank takes part
+            published = export(full) if is_main else None
+            result = world.share(validate(published) if is_main else None)
+            model.train()
+            value = result[metric]
+            # Nothing to validate on (e.g. pretrain.valid_windows=0): the latest weights are published.
+            unvalidated = result.get("n") == 0
+            improved = unvalidated or sign * value < pr.best
+            if improved:
+                pr.bad_evals = 0
+                if not unvalidated:
+                    pr.best = sign * value
+            else:
+                pr.bad_evals += 1
+            if improved or tc.keep == "last":
+                pr.best_step, pr.kept_value = step, (math.inf if unvalidated else sign * value)
+                if is_main:
+                    save_weights(published, out / WEIGHTS_FILE)
+            record = {
+                "step": step,
+                "epoch": pr.epoch,
+                "tokens": pr.tokens,
+                "flops": int(pr.flops) if counts_flops else None,
+                "lr": opt.param_groups[0]["lr"],
+                "elapsed_s": round(time.perf_counter() - t0, 2),
+                "train_loss": interval_loss / interval_steps if interval_steps else None,
+                **{f"valid_{k}": v for k, v in result.items()},
+            }
+            interval_loss, interval_steps = 0.0, 0
+            if is_main:
+                with metrics_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(_json_numbers(record), allow_nan=False) + "\n")
+            if tb is not None:
+                for k, v in result.items():
+                    if k not in ("n", "n_decoded"):  # counts, not metrics
+                        tb.add_scalar(f"valid/{k}", v, step)
+                tb.flush()  # TensorBoard shows each eval as it happens, not minutes later
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k not in ("n", "n_decoded"))
+            if is_main:
+                bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}", file=sys.stderr)
+            pr.evaluated_step = step
+            save_checkpoint()
+            if out_of_time:
+                return "max_minutes"
+            if tc.patience and pr.bad_evals >= tc.patience:
+                return f"early stopping ({tc.patience} evals without improvement)"
+            return None
+
+        # A stop by a signal at a step due for evaluation saved without evaluating it: evaluate it now.
+        due = pr.step > 0 and (pr.step % tc.eval_every == 0 or pr.step >= tc.max_steps)
+        stop = None
+        if resume and due and pr.evaluated_step is not None and pr.evaluated_step < pr.step:
+            stop = evaluate_and_save(pr.step, False)
+        while stop is None and pr.step < tc.max_steps:
             # --- one optimizer step over grad_accum micro-batches ---
             # A round gives every rank its own batch of the epoch's list (pos + rank); a rank left without
             # one at the end of an epoch trains on a copy of batch 0 with weight 0, so that it still joins
@@ -452,61 +511,11 @@ def fit(
             received, out_of_time = world.any(signals.received is not None, elapsed_now >= budget_s)
             if received:
                 save_checkpoint()
-                stopped_by = f"{signals.received or 'SIGTERM'}; checkpoint saved, continue with --resume"
+                stop = f"{signals.received or 'SIGTERM'}; checkpoint saved, continue with --resume"
                 break
             if step % tc.eval_every and step < tc.max_steps and not out_of_time:
                 continue
-
-            # --- evaluate, log, keep the best, save the train state ---
-            # Validate what would be published (e.g. LoRA merged, WiSE-FT mixed), so that the figure logged and
-            # the choice of the best are about those weights.
-            full = plain()  # a collective under FSDP: every rank takes part
-            published = export(full) if is_main else None
-            result = world.share(validate(published) if is_main else None)
-            model.train()
-            value = result[metric]
-            # Nothing to validate on (e.g. pretrain.valid_windows=0): the latest weights are published.
-            unvalidated = result.get("n") == 0
-            improved = unvalidated or sign * value < pr.best
-            if improved:
-                pr.bad_evals = 0
-                if not unvalidated:
-                    pr.best = sign * value
-            else:
-                pr.bad_evals += 1
-            if improved or tc.keep == "last":
-                pr.best_step, pr.kept_value = step, (math.inf if unvalidated else sign * value)
-                if is_main:
-                    save_weights(published, out / WEIGHTS_FILE)
-            record = {
-                "step": step,
-                "epoch": pr.epoch,
-                "tokens": pr.tokens,
-                "flops": int(pr.flops) if counts_flops else None,
-                "lr": opt.param_groups[0]["lr"],
-                "elapsed_s": round(time.perf_counter() - t0, 2),
-                "train_loss": interval_loss / interval_steps,
-                **{f"valid_{k}": v for k, v in result.items()},
-            }
-            interval_loss, interval_steps = 0.0, 0
-            if is_main:
-                with metrics_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps(_json_numbers(record), allow_nan=False) + "\n")
-            if tb is not None:
-                for k, v in result.items():
-                    if k not in ("n", "n_decoded"):  # counts, not metrics
-                        tb.add_scalar(f"valid/{k}", v, step)
-                tb.flush()  # TensorBoard shows each eval as it happens, not minutes later
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in result.items() if k not in ("n", "n_decoded"))
-            if is_main:
-                bar.write(f"step {step}: valid {shown}{' (best)' if improved else ''}", file=sys.stderr)
-            save_checkpoint()
-            if out_of_time:
-                stopped_by = "max_minutes"
-                break
-            if tc.patience and pr.bad_evals >= tc.patience:
-                stopped_by = f"early stopping ({tc.patience} evals without improvement)"
-                break
+            stop = evaluate_and_save(step, out_of_time)
     bar.close()
     final = pr.kept_value if tc.keep == "last" else pr.best  # sign-adjusted value of the published weights
     return Summary(
@@ -517,10 +526,30 @@ def fit(
         best_value=sign * final if math.isfinite(final) else math.nan,
         best_step=pr.best_step,
         best_path=str(out / WEIGHTS_FILE),
-        stopped_by=stopped_by,
+        stopped_by=stop or "max_steps",
         kept=tc.keep,
         flops=pr.flops if counts_flops else None,
     )
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """On resume: ``metrics.jsonl`` without the rows of steps after the checkpoint (an evaluation appends its
+    row, then saves; a kill between the two left a row the resumed run writes again) and without a line cut
+    short by a kill, so that each evaluated step has one row, as TensorBoard's later events are purged."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a torn write
+    if kept != lines:
+        atomic_write(
+            path, lambda tmp: Path(tmp).write_text("".join(f"{x}\n" for x in kept), encoding="utf-8")
+        )
 
 
 def _json_numbers(record: dict[str, Any]) -> dict[str, Any]:
