@@ -220,33 +220,37 @@ def _new_run_dir(out: Path) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
-# The train settings that decide which examples form each batch and in what order: a resumed run keeps the
-# saved ones, or its data position would point into a different list of batches (examples skipped or repeated).
-BATCH_ORDER_KEYS = ("batch_tokens", "length_grid", "seed")
+# The train settings a resumed run keeps from the run, whatever the command says, and why. The batch order:
+# the data position would otherwise point into a different list of batches (examples skipped or repeated).
+# The metric: the best value so far is in its units (resumed on another one, no later value counted as better).
+KEPT_ON_RESUME = {
+    "batch_tokens": "it fixes the batch order",
+    "length_grid": "it fixes the batch order",
+    "seed": "it fixes the batch order",
+    "metric": "the best weights so far were chosen by it",
+}
 
 
 def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
     """The config to continue ``out`` with (see :func:`_saved`); there must be a train state. Says so when
-    the command asked for other batch-order settings than the run started with (the saved ones win)."""
+    the command asked for other settings of ``KEPT_ON_RESUME`` than the run started with (the saved ones win)."""
     if not (out / STATE_DIR / STATE_FILE).is_file():
         raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / STATE_FILE} missing)")
     resumed = _saved(cfg, out)
-    for key in BATCH_ORDER_KEYS:
+    for key, why in KEPT_ON_RESUME.items():
         asked, kept = getattr(cfg.train, key), getattr(resumed.train, key)
         if asked != kept:
-            log(
-                f"resume: keeping train.{key}={kept} of the run (asked for {asked}): it fixes the batch order"
-            )
+            log(f"resume: keeping train.{key}={kept} of the run (asked for {asked}): {why}")
     return resumed
 
 
 def _saved(cfg: Config, out: Path) -> Config:
     """``cfg`` with the model, data and pretraining settings saved in ``out`` (they define the run), the
-    saved batch-order settings (``BATCH_ORDER_KEYS``) and the run it started from (``train.init``, with its
+    saved settings of ``KEPT_ON_RESUME`` and the run it started from (``train.init``, with its
     weights' digest ``train.init_sha256``); other train / search settings as given now (e.g. a longer
     --max-steps)."""
     saved = Config.load(out / CONFIG_FILE)
-    kept = {key: getattr(saved.train, key) for key in (*BATCH_ORDER_KEYS, "init", "init_sha256")}
+    kept = {key: getattr(saved.train, key) for key in (*KEPT_ON_RESUME, "init", "init_sha256")}
     train = replace(cfg.train, **kept)
     return replace(
         cfg, model=saved.model, data=saved.data, pretrain=saved.pretrain, metrics=saved.metrics, train=train
@@ -517,7 +521,7 @@ def finetune_model(cfg: Config, init_dir: str | Path | None, log: Any = print) -
     if tc.freeze:
         log(f"frozen: {', '.join(tc.freeze)} ({freeze(model, tc.freeze):,} parameters)")
     if tc.lora_rank:
-        layers = add_lora(model, tc.lora_rank, tc.lora_alpha)
+        layers = add_lora(model, tc.lora_rank, tc.lora_alpha, frozen=tc.freeze)
         log(
             f"LoRA: rank {tc.lora_rank}, alpha {tc.lora_alpha:g}, on {len(layers)} linear layers; merged on save"
         )

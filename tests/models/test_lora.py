@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from bigseq.models.lora import add_lora, freeze, has_lora, lora_targets, merged, trainable_parameters
+from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import save_weights
 from helpers import tiny_model
 
@@ -82,3 +83,24 @@ def test_freeze_parts(arch):
     assert any(name.startswith("encoder.") for name in frozen)
     assert not any(name.startswith("decoder.") for name in frozen)
     assert all(p.requires_grad for name, p in model.named_parameters() if name.startswith("decoder."))
+
+
+@pytest.mark.parametrize("arch", ["transformer", "gru"])
+def test_lora_leaves_frozen_parts_as_they_are(arch):
+    """train.freeze with LoRA: no adapters in the frozen parts, so after training and merging their weights
+    are the initial ones, while the other parts changed (adapters everywhere changed a frozen encoder)."""
+    model = tiny_model(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    freeze(model, ["encoder"])
+    names = add_lora(model, rank=2, alpha=4.0, frozen=["encoder"])
+    assert names and not any(n.split(".")[0] in ("encoder", "enc_ln", "mem_proj", "bridge") for n in names)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    src, tgt = torch.randint(4, 23, (3, 6)), torch.randint(4, 19, (3, 5))
+    for _ in range(3):  # adapters start as the identity (B = 0): a few steps make them non-zero
+        opt.zero_grad()
+        model(src, src != PAD, tgt).square().mean().backward()
+        opt.step()
+    after = merged(model).state_dict()
+    encoder = [k for k in before if k.split(".")[0] in ("encoder", "enc_ln", "mem_proj", "bridge")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k not in encoder)

@@ -362,3 +362,21 @@ def test_a_stop_at_an_evaluation_step_is_evaluated_on_resume_and_metrics_keep_on
         f.write('{"step": 1')  # and a line cut short
     bigseq.api.train(cfg(), train, valid, tmp_path / "killed", resume=True, **quiet)
     assert [r["step"] for r in rows(tmp_path / "killed")] == [5, 10]
+
+
+def test_resume_keeps_the_runs_metric_and_batch_order_and_says_so(tmp_path):
+    """The best value so far is in the units of the run's train.metric and the data position indexes its
+    batch order: a resume asking for others keeps the run's, with a line saying which and why."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run = tmp_path / "run"
+    first = _cfg("train.max_steps=4", "train.eval_every=2", "train.metric=exact_match")
+    bigseq.api.train(first, train, valid, run, progress=False, log=lambda *a: None)
+    said = []
+    again = _cfg("train.max_steps=6", "train.eval_every=2", "train.batch_tokens=700")  # metric: loss
+    summary = bigseq.api.train(again, train, valid, run, resume=True, progress=False, log=said.append)
+    assert summary.best_metric == "exact_match" and summary.steps == 6
+    assert (
+        "resume: keeping train.metric=exact_match of the run (asked for loss): the best weights"
+        in "\n".join(said)
+    )
+    assert any("keeping train.batch_tokens=1000 of the run (asked for 700)" in s for s in said)

@@ -33,21 +33,39 @@ class LoRA(nn.Module):
         return weight + self.scale * (self.B @ self.A)
 
 
-def lora_targets(model: nn.Module) -> list[str]:
+# What each part of ``freeze`` covers: names (their first component) by prefix, for both architectures.
+PARTS = {
+    "embeddings": ("src_embed", "tgt_embed", "src_bias", "tgt_bias", "pos"),
+    "encoder": ("encoder", "enc_ln", "mem_proj", "bridge"),
+    "decoder": ("decoder", "dec_ln", "att_", "combine"),
+}
+
+
+def _in(parts: list[str], name: str) -> bool:
+    top = name.split(".")[0]
+    return any(top.startswith(prefix) for part in parts for prefix in PARTS[part])
+
+
+def lora_targets(model: nn.Module, frozen: list[str] = ()) -> list[str]:
     """Names of the linear layers that get adapters: every ``nn.Linear`` except the output head
-    (``lm_head``, tied to the embeddings in the Transformer): attention projections, feed-forward layers and,
-    in the GRU, its attention / bridge / combine layers."""
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != "lm_head"]
+    (``lm_head``, tied to the embeddings in the Transformer) and those in the ``frozen`` parts: attention
+    projections, feed-forward layers and, in the GRU, its attention / bridge / combine layers."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name != "lm_head" and not _in(list(frozen), name)
+    ]
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float) -> list[str]:
-    """Freeze every parameter of ``model`` and add trainable rank-``rank`` adapters to :func:`lora_targets`.
+def add_lora(model: nn.Module, rank: int, alpha: float, frozen: list[str] = ()) -> list[str]:
+    """Freeze every parameter of ``model`` and add trainable rank-``rank`` adapters to :func:`lora_targets`
+    (none in the ``frozen`` parts of ``train.freeze``: adapters there would change them after all).
     Returns the adapted layer names."""
     if rank < 1:
         raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
     for p in model.parameters():
         p.requires_grad_(False)
-    names = lora_targets(model)
+    names = lora_targets(model, frozen)
     modules = dict(model.named_modules())
     for name in names:
         layer = modules[name]
@@ -81,16 +99,10 @@ def merged(model: nn.Module) -> nn.Module:
 def freeze(model: nn.Module, parts: list[str]) -> int:
     """Stop gradients to ``parts`` (``embeddings``: token embeddings and learned positions — with tied
     embeddings this fixes the output head too; ``encoder``; ``decoder``). Returns the number of parameters
-    frozen. Parameters are found by name, so this works for both architectures."""
-    prefixes = {
-        "embeddings": ("src_embed", "tgt_embed", "src_bias", "tgt_bias", "pos"),
-        "encoder": ("encoder", "enc_ln", "mem_proj", "bridge"),
-        "decoder": ("decoder", "dec_ln", "att_", "combine"),
-    }
+    frozen. Parameters are found by name (``PARTS``), so this works for both architectures."""
     frozen = 0
     for name, p in model.named_parameters():
-        top = name.split(".")[0]
-        if p.requires_grad and any(top.startswith(pre) for part in parts for pre in prefixes[part]):
+        if p.requires_grad and _in(parts, name):
             p.requires_grad_(False)
             frozen += p.numel()
     return frozen
