@@ -2,7 +2,7 @@
 
 import pytest
 
-from bigseq.config import Config, apply_overrides, apply_preset, from_dict
+from bigseq.config import Config, apply_overrides, apply_preset, build_config, from_dict
 from bigseq.errors import ConfigError
 
 
@@ -33,6 +33,10 @@ def test_preset_then_overrides():
         (["model.d_model=250"], "divisible by model.n_heads"),
         (["model.arch=lstm"], "model.arch must be one of transformer, gru"),
         (["train.lr=-1"], "train.lr must be > 0"),
+        (["train.lr=nan"], "train.lr must be a finite number, got nan"),
+        (["train.max_minutes=.inf"], "train.max_minutes must be a finite number, got inf"),
+        (["search.max_len_a=nan"], "search.max_len_a must be a finite number"),
+        (["train.lr=[1"], "--set train.lr=[1: not a YAML value"),
         (["train.warmup_steps=-5"], "train.warmup_steps must be >= 0 (0 = no warm-up), got -5"),
         (["model.dropout=1.5"], "model.dropout must be in [0, 1)"),
         (["data.src_tokenizer=char"], "data.shared_vocab=true needs"),
@@ -61,10 +65,28 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
         apply_preset(Config(), "huge")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [1, 2\n")
-    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match="bad.yaml:2:1: not valid YAML: expected ','"):
         Config.load(bad)
     with pytest.raises(ConfigError, match="model must be a mapping"):
         from_dict({"model": 3})
+    # errors in a file's values name the file; a file that is not UTF-8 is one line too
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  d_modle: 3\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown config key 'model.d_modle'"):
+        build_config(typo)
+    (tmp_path / "config.yaml").write_text("")  # a run's config emptied: the missing sizes name the file
+    with pytest.raises(ConfigError, match=r"config.yaml: model.src_vocab_size"):
+        Config.load(tmp_path / "config.yaml", run=True)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("train:\n  metric: \xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text \(byte 17"):
+        build_config(latin)
+    # a recipe's own preset key with --preset given too: --preset wins, the key is no error
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("preset: small\ntrain:\n  lr: 0.001\n")
+    cfg = build_config(recipe, preset="tiny")
+    assert (cfg.model.d_model, cfg.train.lr) == (64, 0.001)
+    assert build_config(recipe).model.d_model == 256
 
 
 def test_a_run_config_without_a_newer_key_loads_with_the_value_it_ran_with(tmp_path):
@@ -75,6 +97,7 @@ def test_a_run_config_without_a_newer_key_loads_with_the_value_it_ran_with(tmp_p
     from bigseq.api import STATE_DIR, _resumed
 
     data = Config().to_dict()
+    data["model"].update(src_vocab_size=10, tgt_vocab_size=10)  # as a trained run's config has them
     assert data["train"]["length_grid"] == 8
     del data["train"]["length_grid"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))

@@ -165,7 +165,7 @@ def load(
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise BigseqError(f"{run_dir}: not a run directory (no {CONFIG_FILE}); train one with `bigseq train`")
-    cfg = Config.load(run_dir / CONFIG_FILE)
+    cfg = Config.load(run_dir / CONFIG_FILE, run=True)
     toks = TokenizerPair.load(run_dir)
     model = build_model(cfg.model)
     load_weights(model, weights or run_dir / WEIGHTS_FILE)
@@ -249,7 +249,7 @@ def _saved(cfg: Config, out: Path) -> Config:
     saved settings of ``KEPT_ON_RESUME`` and the run it started from (``train.init``, with its
     weights' digest ``train.init_sha256``); other train / search settings as given now (e.g. a longer
     --max-steps)."""
-    saved = Config.load(out / CONFIG_FILE)
+    saved = Config.load(out / CONFIG_FILE, run=True)
     kept = {key: getattr(saved.train, key) for key in (*KEPT_ON_RESUME, "init", "init_sha256")}
     train = replace(cfg.train, **kept)
     return replace(
@@ -438,7 +438,7 @@ def finetune(
             raise BigseqError(
                 f"{init}: not a run directory (no {CONFIG_FILE}); pass a pretrained run to --init"
             )
-        init_cfg = Config.load(init / CONFIG_FILE)
+        init_cfg = Config.load(init / CONFIG_FILE, run=True)
         toks = TokenizerPair.load(init)
         init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
         _new_run_dir(out)

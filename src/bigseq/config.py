@@ -6,9 +6,12 @@ The fully resolved config is written to ``RUN_DIR/config.yaml`` so a run directo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,13 +305,20 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> Config:
+    def load(cls, path: str | Path, run: bool = False) -> Config:
         """A run directory's config.yaml, which lists every key. A key added after the run was written takes
-        the value that reproduces how the run ran, not today's default (so a resumed old run stays exact)."""
+        the value that reproduces how the run ran, not today's default (so a resumed old run stays exact).
+        ``run``: the config of a run whose model is to be built, which must give its vocabulary sizes."""
         data = read_yaml(path)
         if isinstance(data.get("train"), dict):
             data["train"].setdefault("length_grid", 0)  # runs before the grid padded to the longest example
-        return from_dict(data).validate()
+        with _naming(path):
+            cfg = from_dict(data).validate()
+            if run and (cfg.model.src_vocab_size <= 0 or cfg.model.tgt_vocab_size <= 0):
+                raise ConfigError(
+                    "model.src_vocab_size / tgt_vocab_size are not set: not the config of a run"
+                )
+            return cfg
 
 
 # Model sizes by name. "tiny" is for tests and smoke runs; the rest follow common seq2seq practice.
@@ -328,15 +338,27 @@ def build_config(
     ``overrides`` (``["train.lr=3e-4", ...]``). Not validated yet: callers may still fill fields in."""
     cfg = Config()
     file_cfg = read_yaml(path) if path else {}
-    preset = preset or file_cfg.pop("preset", None)
-    if preset:
-        apply_preset(cfg, preset)
-    from_dict(file_cfg, cfg)
+    file_preset = file_cfg.pop("preset", None)  # a --preset given as well wins over it
+    if preset or file_preset:
+        apply_preset(cfg, preset or file_preset)
+    with _naming(path):
+        from_dict(file_cfg, cfg)
     for key, value in flags.items():
         if value is not None:
             section, name = key.split("__")
             from_dict({section: {name: value}}, cfg)
     return apply_overrides(cfg, list(overrides))
+
+
+@contextlib.contextmanager
+def _naming(path: str | Path | None) -> Iterator[None]:
+    """Config errors raised inside name the file their values came from."""
+    try:
+        yield
+    except ConfigError as e:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -345,11 +367,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: config file not found")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{_where(p, e)}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def _where(path: Path, e: yaml.YAMLError) -> str:
+    """``path:LINE:COLUMN`` of a YAML error (``path`` alone when the parser gives no position)."""
+    mark = getattr(e, "problem_mark", None)
+    return f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
@@ -371,7 +401,10 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. model.d_model=512), got {item!r}")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: not a YAML value: {getattr(e, 'problem', None) or e}") from None
         nested: dict[str, Any] = {}
         cur = nested
         parts = key.strip().split(".")
@@ -426,8 +459,9 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            # NaN passes every range check (each comparison is false): --max-minutes nan never stopped
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bigseq.config import ModelConfig
+from bigseq.errors import ConfigError
 
 
 def _select(value: Any, index: Tensor) -> Any:
@@ -92,7 +93,7 @@ def train_flops(model: nn.Module, batch: int, src_len: int, tgt_len: int) -> flo
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the model named by ``cfg.arch``. Vocabulary sizes must already be set."""
     if cfg.src_vocab_size <= 0 or cfg.tgt_vocab_size <= 0:
-        raise ValueError("model.src_vocab_size / tgt_vocab_size must be set before building a model")
+        raise ConfigError("model.src_vocab_size / tgt_vocab_size must be set before building a model")
     if cfg.arch == "transformer":
         from bigseq.models.transformer import Transformer
 
