@@ -25,7 +25,7 @@ from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_input
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
 from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
-from bigseq.errors import BigseqError, ConfigError, DataError
+from bigseq.errors import BigseqError, ConfigError, DataError, output_file
 from bigseq.evaluation import (
     Progress,
     closed_label_set,
@@ -122,6 +122,8 @@ class Seq2SeqRun:
         """Loss, perplexity and the run's task metrics on a dataset file (or examples). ``predictions``: also
         write every example's output to this JSONL file (see :func:`write_predictions`), for error analysis.
         ``progress``: e.g. a tqdm bar; its total is set to the examples decoded, and it advances with them."""
+        if predictions is not None:
+            output_file(predictions, "the predictions")
         examples = read_examples(data) if isinstance(data, str | Path) else list(data)
         d = self.config.data
         # Only when asked: a list here makes evaluation decode even a run that has no task metrics.
@@ -213,9 +215,14 @@ def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, fl
     atomic_write(path, write)
 
 
-def _new_run_dir(out: Path) -> None:
-    if (out / WEIGHTS_FILE).exists() or (out / CONFIG_FILE).exists():
+def _new_run_dir(out: Path, log: Any) -> None:
+    """Make ``out`` for a new run. One that holds weights or a train state is refused (nothing is lost); one
+    whose run stopped before its first checkpoint (a config and tokenizer, nothing trained: a data error, a
+    kill, Ctrl-C before the first save) is started again, or it could be neither resumed nor reused."""
+    if (out / WEIGHTS_FILE).exists() or (out / STATE_DIR / STATE_FILE).exists():
         raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
+    if (out / CONFIG_FILE).exists():
+        log(f"{out}: its run stopped before any checkpoint (no weights, no train state); starting it again")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -235,7 +242,10 @@ def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
     """The config to continue ``out`` with (see :func:`_saved`); there must be a train state. Says so when
     the command asked for other settings of ``KEPT_ON_RESUME`` than the run started with (the saved ones win)."""
     if not (out / STATE_DIR / STATE_FILE).is_file():
-        raise BigseqError(f"{out}: no train state to resume from ({out / STATE_DIR / STATE_FILE} missing)")
+        raise BigseqError(
+            f"{out}: no train state to resume from ({out / STATE_DIR / STATE_FILE} missing); a run that stopped "
+            "before its first checkpoint starts again without --resume"
+        )
     resumed = _saved(cfg, out)
     for key, why in KEPT_ON_RESUME.items():
         asked, kept = getattr(cfg.train, key), getattr(resumed.train, key)
@@ -342,7 +352,7 @@ def train(
     cfg = _resumed(cfg, out, log) if resume else cfg
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
     if not resume and world.is_main:
-        _new_run_dir(out)
+        _new_run_dir(out, log)
         d = cfg.data
         t0 = time.perf_counter()
         toks = build_tokenizers(
@@ -441,7 +451,7 @@ def finetune(
         init_cfg = Config.load(init / CONFIG_FILE, run=True)
         toks = TokenizerPair.load(init)
         init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
-        _new_run_dir(out)
+        _new_run_dir(out, log)
         cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
         for key in ("src_tokenizer", "tgt_tokenizer", "vocab_size", "shared_vocab"):
             setattr(cfg.data, key, getattr(init_cfg.data, key))
@@ -550,7 +560,7 @@ def pretrain(
     if resume:
         cfg = _resumed(cfg, out, log)
     elif world.is_main:
-        _new_run_dir(out)
+        _new_run_dir(out, log)
         d = cfg.data
         t0 = time.perf_counter()
         if tokenizer is not None:

@@ -15,7 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bigseq.data.readers import json_object
-from bigseq.errors import BigseqError, DataError
+from bigseq.errors import BigseqError, DataError, output_file
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_OUT = "curves.png"
@@ -87,7 +87,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     Rendered with Agg on a bare Figure, not pyplot: no display needed and no global state touched."""
     records = read_metrics(run_dir)
-    out = Path(out) if out is not None else Path(run_dir) / DEFAULT_OUT
+    out = output_file(out if out is not None else Path(run_dir) / DEFAULT_OUT, "the plot")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig = curves_figure(records)
     fig.suptitle(str(run_dir))

@@ -349,3 +349,17 @@ def test_resume_from_a_damaged_train_state_fails_clearly(tmp_path, reverse_task,
     err = capsys.readouterr().err
     expected = "cannot load train state" if damaged == "state" else "cannot load weights"
     assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_output_paths_are_checked_before_any_work(reversing_run, tmp_path, capsys):
+    """--predictions / plot --out naming a folder, or a path under a file, fail at once with one line (they
+    failed with a traceback after decoding every example)."""
+    run, _, valid = reversing_run("gru")
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data", str(valid), "--predictions", str(tmp_path)]) == 2
+    assert f"{tmp_path}: is a directory; give a file name for the predictions" in capsys.readouterr().err
+    under_a_file = valid / "p.jsonl"
+    assert main(["evaluate", str(run), "--data", str(valid), "--predictions", str(under_a_file)]) == 2
+    assert f"{valid} is a file, not a folder" in capsys.readouterr().err
+    assert main(["plot", str(run), "--out", str(tmp_path)]) == 2
+    assert "is a directory; give a file name for the plot" in capsys.readouterr().err

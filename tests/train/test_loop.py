@@ -380,3 +380,39 @@ def test_resume_keeps_the_runs_metric_and_batch_order_and_says_so(tmp_path):
         in "\n".join(said)
     )
     assert any("keeping train.batch_tokens=1000 of the run (asked for 700)" in s for s in said)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_says_what_it_published(
+    tmp_path, monkeypatch
+):
+    """A run directory whose run failed or stopped before any checkpoint (config and tokenizer written,
+    nothing trained) can be started again; --resume on it says so. A run stopped before its first
+    evaluation says that it published no weights yet (it named a model.safetensors that did not exist)."""
+    from bigseq.errors import BigseqError
+
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run, quiet = tmp_path / "run", {"progress": False, "log": lambda *a: None}
+    with pytest.raises(BigseqError, match="longer than"):  # every pair dropped: after the run dir was made
+        bigseq.api.train(_cfg("data.max_src_len=2", "data.too_long=drop"), train, valid, run, **quiet)
+    assert (run / "config.yaml").is_file()
+    with pytest.raises(BigseqError, match="starts again without --resume"):
+        bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, resume=True, **quiet)
+    build = bigseq.api.build_model
+
+    def build_with_ctrl_c(mcfg):
+        model = build(mcfg)
+        model.register_forward_hook(
+            lambda m, a, out: signal.raise_signal(signal.SIGINT) if m.training else None
+        )
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+    said = []
+    stopped = bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, progress=False, log=said.append)
+    assert any("starting it again" in s for s in said)
+    assert stopped.steps == 1 and stopped.best_path is None
+    assert "no weights published yet" in str(stopped) and not (run / "model.safetensors").exists()
+    assert json.loads((run / "summary.json").read_text())["best_path"] is None
+    monkeypatch.undo()
+    resumed = bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, resume=True, **quiet)
+    assert resumed.steps == 4 and resumed.best_path == str(run / "model.safetensors")

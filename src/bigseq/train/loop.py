@@ -65,7 +65,7 @@ class Summary:
     best_metric: str
     best_value: float
     best_step: int
-    best_path: str
+    best_path: str | None  # None: no weights published yet (stopped before the first evaluation)
     stopped_by: str
     kept: str = "best"  # train.keep: with "last", best_value / best_step describe the last evaluated weights
     flops: float | None = None  # model FLOPs of all steps (None: the model does not count them)
@@ -92,15 +92,16 @@ class Summary:
         }
 
     def __str__(self) -> str:
-        best = (
-            f"{self.kept} {self.best_metric}={self.best_value:.4g} at step {self.best_step}"
-            if math.isfinite(self.best_value)
-            else f"no validation data: weights of step {self.best_step}"
-        )
+        if self.best_path is None:
+            best = "no weights published yet (stopped before the first evaluation)"
+        elif math.isfinite(self.best_value):
+            best = f"{self.kept} {self.best_metric}={self.best_value:.4g} at step {self.best_step} -> {self.best_path}"
+        else:
+            best = f"no validation data: weights of step {self.best_step} -> {self.best_path}"
         rate = "" if self.flops_per_second is None else f", {si(self.flops_per_second)}FLOP/s"
         return (
             f"done ({self.stopped_by}): {self.steps} steps, {self.tokens:,} tokens in {self.seconds / 60:.1f} min "
-            f"({self.tokens_per_second:,.0f} tokens/s{rate}); {best} -> {self.best_path}"
+            f"({self.tokens_per_second:,.0f} tokens/s{rate}); {best}"
         )
 
 
@@ -525,7 +526,7 @@ def fit(
         best_metric=metric,
         best_value=sign * final if math.isfinite(final) else math.nan,
         best_step=pr.best_step,
-        best_path=str(out / WEIGHTS_FILE),
+        best_path=str(out / WEIGHTS_FILE) if (out / WEIGHTS_FILE).exists() else None,
         stopped_by=stop or "max_steps",
         kept=tc.keep,
         flops=pr.flops if counts_flops else None,
