@@ -191,9 +191,15 @@ def _mixed_for_loading(
         raise ConfigError(
             f"{run_dir}: wise_alpha needs a fine-tuned run (train.init in its config); it has none"
         )
-    if weights is None and cfg.train.wise_alpha != 1.0:
+    # What a run publishes (model.safetensors, snapshots/) is already mixed when it trained with WiSE-FT;
+    # mixing it again would move it further towards the init run than asked, silently.
+    chosen = (run_dir / WEIGHTS_FILE if weights is None else Path(weights)).resolve()
+    published = (
+        chosen == (run_dir / WEIGHTS_FILE).resolve() or chosen.parent == (run_dir / "snapshots").resolve()
+    )
+    if published and cfg.train.wise_alpha != 1.0:
         raise ConfigError(
-            f"{run_dir}/{WEIGHTS_FILE} is already mixed (train.wise_alpha={cfg.train.wise_alpha:g}); pass its "
+            f"{chosen} is already mixed (train.wise_alpha={cfg.train.wise_alpha:g}); pass the run's "
             f"fine-tuned weights (--weights {run_dir}/{STATE_DIR}/weights-*.safetensors) to mix them anew"
         )
     start = init_state(cfg.model, Path(cfg.train.init) / WEIGHTS_FILE, cfg.train.init_sha256)
@@ -215,6 +221,11 @@ def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, fl
     atomic_write(path, write)
 
 
+# Log lines that say the data or the settings are not what was asked (lines skipped, pairs cut, a saved
+# setting kept, a run dir reused): they begin with these, and a quiet CLI still prints them.
+NOTICES = ("data:", "resume:", "run:")
+
+
 def _new_run_dir(out: Path, log: Any) -> None:
     """Make ``out`` for a new run. One that holds weights or a train state is refused (nothing is lost); one
     whose run stopped before its first checkpoint (a config and tokenizer, nothing trained: a data error, a
@@ -222,7 +233,7 @@ def _new_run_dir(out: Path, log: Any) -> None:
     if (out / WEIGHTS_FILE).exists() or (out / STATE_DIR / STATE_FILE).exists():
         raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
     if (out / CONFIG_FILE).exists():
-        log(f"{out}: its run stopped before any checkpoint (no weights, no train state); starting it again")
+        log(f"run: {out} stopped before any checkpoint (no weights, no train state); starting it again")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
 

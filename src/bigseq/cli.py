@@ -49,7 +49,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4"
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or set-up messages (notes that the data or settings differ from what was asked "
+        "still print)",
+    )
 
 
 def _add_search_flags(p: argparse.ArgumentParser) -> None:
@@ -184,7 +189,13 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - returns bigseq.config.C
 
 
 def _log(args: argparse.Namespace):  # noqa: ANN202
-    return (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    from bigseq.api import NOTICES
+
+    def say(msg: str) -> None:
+        if not args.quiet or msg.startswith(NOTICES):  # --quiet keeps what changed the data or settings
+            print(msg, file=sys.stderr)
+
+    return say
 
 
 def _report(summary: object) -> None:

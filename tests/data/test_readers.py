@@ -72,6 +72,9 @@ def test_jsonl_require_target_false(tmp_path):
         ('{"source": "a", "target": []}', "field 'target' is an empty list"),
         ('{"source": "a", "target": ["b", 2]}', "field 'target'[1] must be a string"),
         ('{"source": "   ", "target": "b"}', "empty source"),
+        ('{"source": "a\\ud800b", "target": "b"}', "field 'source' holds an unpaired surrogate \\ud800"),
+        ('{"source": "a", "target": "\\udc00"}', "field 'target' holds an unpaired surrogate \\udc00"),
+        ('{"source": "a", "target": ["b", "\\ud83d"]}', "field 'target'[1] holds an unpaired surrogate"),
     ],
 )
 def test_jsonl_errors_name_file_line_and_reason(tmp_path, line, reason):

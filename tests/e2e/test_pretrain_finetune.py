@@ -190,6 +190,8 @@ def test_wise_finetune_validates_and_publishes_the_mixed_weights(pretrained, tmp
     assert remixed["loss"] == pytest.approx(result["loss"], rel=1e-5)
     assert main(evaluate) == 2  # model.safetensors is mixed already: mixing it again is refused
     assert "already mixed (train.wise_alpha=0.25)" in capsys.readouterr().err
+    assert main([*evaluate, "--weights", str(out / "model.safetensors")]) == 2  # named, too
+    assert "model.safetensors is already mixed" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(valid), "--wise-alpha", "0.5"]) == 2  # not fine-tuned
     assert "needs a fine-tuned run" in capsys.readouterr().err
 

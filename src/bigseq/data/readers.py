@@ -150,7 +150,19 @@ def str_field(obj: dict, name: str, where: str) -> str:
     value = obj[name]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {name!r} must be a string, got {_kind(value)}")
-    return value
+    return _unicode(value, where, repr(name))
+
+
+def _unicode(text: str, where: str, field: str) -> str:
+    """``text`` if it is valid Unicode: JSON's escapes can write half of a surrogate pair (\\ud800), which no
+    tokenizer takes (it failed deep inside one, naming no line)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(
+            f"{where}: field {field} holds an unpaired surrogate \\u{ord(text[e.start]):04x}, not a character"
+        ) from None
+    return text
 
 
 def _read_jsonl(path: Path, require_target: bool, skipped: list[str] | None) -> list[Example]:
@@ -172,13 +184,14 @@ def _read_jsonl(path: Path, require_target: bool, skipped: list[str] | None) -> 
 
 def _jsonl_targets(target: object, where: str) -> tuple[str, ...]:
     if isinstance(target, str):
-        return (_reference(target, where),)
+        return (_reference(_unicode(target, where, "'target'"), where),)
     if isinstance(target, list):
         if not target:
             raise DataError(f"{where}: field 'target' is an empty list; give at least one reference")
         for i, ref in enumerate(target):
             if not isinstance(ref, str):
                 raise DataError(f"{where}: field 'target'[{i}] must be a string, got {_kind(ref)}")
+            _unicode(ref, where, f"'target'[{i}]")
         return tuple(_reference(ref, where) for ref in target)
     raise DataError(f"{where}: field 'target' must be a string or a list of strings, got {_kind(target)}")
 
