@@ -7,6 +7,7 @@ run.evaluate("test.jsonl")                      # -> {"n": ..., "wer": ..., ...}
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -577,9 +578,13 @@ def pretrain(
         if tokenizer is not None:
             tok = Tokenizer.load(tokenizer)
         else:
+            # A document's lines are joined with the newline token; the corpus' lines hold none, so a char
+            # vocabulary would lack it and the lines ran together ("sat" + "on" -> "saton"): add it.
+            newline = ["\n"] if d.src_tokenizer == "char" else []
             tok = Tokenizer.train(
-                iter_texts(files), d.src_tokenizer, d.vocab_size, extra_special_tokens=PRETRAIN_SPECIAL_TOKENS
-            )
+                itertools.chain(iter_texts(files), newline), d.src_tokenizer, d.vocab_size,
+                extra_special_tokens=PRETRAIN_SPECIAL_TOKENS,
+            )  # fmt: skip
         log(f"tokenizer: {tok.mode}, {tok.vocab_size:,} types ({time.perf_counter() - t0:.1f}s)")
         d.src_tokenizer = d.tgt_tokenizer = tok.mode
         d.shared_vocab = cfg.model.shared_vocab = True

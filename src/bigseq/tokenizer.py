@@ -2,7 +2,8 @@
 
 Four modes:
 
-- ``bpe``: byte-level BPE; every string (any script, unseen characters) round-trips exactly. A space is put
+- ``bpe``: byte-level BPE; every string (any script, unseen characters) round-trips exactly, but for the
+  spellings of special tokens (below). A space is put
   before every text (and taken off again when decoding), as SentencePiece's dummy prefix does, so that a
   text's first word gets the same tokens as the word inside a text ("And" = ``ĠAnd``, not ``A`` + ``nd``).
 - ``unigram``: SentencePiece-style Unigram with NFKC normalization; unseen characters become ``<unk>``.
@@ -10,7 +11,10 @@ Four modes:
 - ``word``: whitespace-separated tokens (e.g. phones ``HH AH L OW``); decode joins with single spaces.
 
 The special tokens always have the same ids: ``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3, followed by any
-extra special tokens (e.g. T5 sentinels). ``encode`` adds no BOS/EOS: the caller decides where they go.
+extra special tokens (e.g. T5 sentinels). ``encode`` adds no BOS/EOS: the caller decides where they go. Text
+that spells a special token encodes to it, as Hugging Face tokenizers do: that is how an infilling prompt
+names its sentinels ("The cat <extra_id_0> the mat"); it also means a corpus holding a literal ``</s>``
+gets an end of sequence there (decoding drops special tokens, so such text does not round-trip).
 A saved tokenizer is one JSON file that ``tokenizers.Tokenizer.from_file`` loads alone; the mode is read
 back from the model and pre-tokenizer types stored in it.
 """

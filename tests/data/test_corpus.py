@@ -261,3 +261,11 @@ def test_input_errors(tmp_path, tok):
     # A file named twice (directly and by a glob) is read once.
     a = write(tmp_path / "a.txt", "one line\n")
     assert resolve_inputs([a, str(tmp_path / "*.txt")]) == [a.resolve(), (tmp_path / "e.txt").resolve()]
+
+
+def test_a_file_named_with_glob_characters_is_that_file(tmp_path):
+    """notes[1].txt is a file, not the pattern matching notes1.txt (which was read instead, or nothing)."""
+    odd = write(tmp_path / "notes[1].txt", "the odd one\n")
+    write(tmp_path / "notes1.txt", "the other one\n")
+    assert resolve_inputs([str(odd)]) == [odd.resolve()]
+    assert resolve_inputs([str(tmp_path / "notes?.txt")]) == [(tmp_path / "notes1.txt").resolve()]

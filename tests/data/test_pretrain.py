@@ -137,3 +137,16 @@ def test_too_little_text_is_a_clear_error(tmp_path):
     shards = build_shards([tmp_path / "a.txt"], tok, tmp_path / "shards")
     with pytest.raises(DataError, match="pretraining needs more text"):
         PretrainData(shards, Objective.for_tokenizer("prefix", tok), 16, None, 0, 10, 0)
+
+
+@pytest.mark.parametrize("valid_windows", [1, 3, 500])
+def test_validation_takes_at_most_half_of_the_windows(corpus, tmp_path, valid_windows):
+    """Held-out windows are spread over the corpus and never more than half of them (an odd count of
+    windows gave one more than half to validation)."""
+    shards, tok = shards_of(corpus, tmp_path)
+    obj = Objective.for_tokenizer("prefix", tok)
+    for window in (5, 16, 64):  # several window counts, odd and even
+        data = PretrainData(shards, obj, window, None, seed=0, chunk_windows=50, valid_windows=valid_windows)
+        n = len(data.windows)
+        assert len(data.valid_index) == min(valid_windows, n // 2), (window, n)
+        assert len(data.valid_index) + len(data.train_index) == n

@@ -315,3 +315,19 @@ def test_pretrain_and_lora_finetune_resume_exactly(pretrained, tmp_path):
     _same_weights(tmp_path / "f-straight", tmp_path / "f-resumed")
     published = [load_file(tmp_path / d / "model.safetensors") for d in ("f-straight", "f-resumed")]
     assert all(torch.equal(published[0][k], published[1][k]) for k in published[0])
+
+
+def test_char_pretraining_keeps_a_documents_lines_apart(tmp_path):
+    """A char tokenizer trained on the corpus has a newline token, so a document's lines are joined with it
+    (the corpus' lines hold no newline: the lines ran together, "sat" + "on" -> "saton")."""
+    from bigseq.tokenizer import TokenizerPair
+
+    (tmp_path / "corpus.txt").write_text("the cat sat\non the mat\nand slept\n" * 20)
+    run = tmp_path / "lm"
+    args = ["pretrain", "--text", str(tmp_path / "corpus.txt"), "--out", str(run), "--preset", "tiny"]
+    args += ["--max-steps", "1", *FAST, "--set", "data.src_tokenizer=char"]
+    args += ["--set", "data.tgt_tokenizer=char"]
+    args += ["--set", "pretrain.window_tokens=40", "--set", "pretrain.valid_windows=2"]
+    assert main(args) == 0
+    tok = TokenizerPair.load(run).src
+    assert tok.newline_id() is not None and tok.decode(tok.encode("sat\non")) == "sat\non"

@@ -184,7 +184,9 @@ def resolve_inputs(paths: Sequence[str | Path]) -> list[Path]:
     files: dict[Path, None] = {}
     for p in paths:
         p = str(p)
-        if any(c in p for c in "*?["):
+        if any(c in p for c in "*?[") and not os.path.exists(
+            p
+        ):  # a file may have such characters in its name
             matches = sorted(m for m in glob.glob(p, recursive=True) if os.path.isfile(m))
             if not matches:
                 raise DataError(f"{p}: no files match this pattern")

@@ -84,9 +84,10 @@ class PretrainData:
             )
         held = np.zeros(n, dtype=bool)
         if valid_windows > 0:
-            # Every k-th window, spread over the whole corpus; at most half of it.
+            # Every k-th window, spread over the whole corpus; at most half of it (n // 2: with an odd n,
+            # every second window from the first was one more than half).
             step = max(2, n // valid_windows)
-            held[np.arange(0, n, step)[:valid_windows]] = True
+            held[np.arange(0, n, step)[: min(valid_windows, n // 2)]] = True
         self.valid_index = np.flatnonzero(held)
         self.train_index = np.flatnonzero(~held)
         self.chunk_windows = chunk_windows
