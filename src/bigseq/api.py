@@ -341,7 +341,7 @@ def _fit(
     log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
     summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=_export(cfg, log))
     record = {**summary.as_dict(), **(report or {})}
-    if setup().is_main:
+    if setup(cfg.train.device).is_main:
         (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return summary
 
@@ -357,7 +357,7 @@ def train(
 ) -> Summary:
     """Read data, train (or reuse, when resuming) the tokenizers, build the model and run the loop."""
     out = Path(out_dir)
-    world = setup()
+    world = setup(cfg.train.device)
     _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
     # first: the saved data settings say how to read the data
@@ -449,7 +449,7 @@ def finetune(
     "does pretraining help?" ablation.
     """
     init, out = Path(init_dir), Path(out_dir)
-    world = setup()
+    world = setup(cfg.train.device)
     _check_wise(cfg, has_init=not from_scratch)
     log = _quiet_unless_main(world, log)
     # first: the saved data settings say how to read the data
@@ -565,7 +565,7 @@ def pretrain(
     sentinel and mask tokens; the corpus is tokenized once into shards (``shards_dir``, default
     ``OUT/shards``), reused while the text and the tokenizer are unchanged."""
     out = Path(out_dir)
-    world = setup()
+    world = setup(cfg.train.device)
     _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
     files = resolve_inputs(texts)

@@ -48,3 +48,15 @@ def test_bf16_inputs_stay_bf16_and_p_is_checked():
     assert y.dtype == torch.bfloat16
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Dropout(1.0)
+
+
+def test_a_probability_just_under_one_drops_almost_all_and_scales_finitely():
+    """p = 0.999995 rounds to 65536/65536 on the 1/65536 grid: it is held at 65535/65536 (the scale was 1/0)."""
+    from bigseq.models.dropout import dropout_mask
+
+    torch.manual_seed(0)
+    keep, scale = dropout_mask(torch.Size([655_360]), 0.999995, torch.device("cpu"))
+    assert scale == 65536.0 and 0 < int(keep.sum()) < 40  # about 10 kept
+    torch.manual_seed(0)
+    y = Dropout(0.999995).train()(torch.ones(200_000))
+    assert torch.isfinite(y).all()

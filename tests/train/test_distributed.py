@@ -269,3 +269,29 @@ def test_an_epoch_with_an_odd_number_of_batches_trains_each_once(tmp_path):
     (a,), (b,) = records(one), records(two)
     assert a["epoch"] == b["epoch"] == 0
     assert a["tokens"] == b["tokens"] == epoch_tokens
+
+
+def test_cpu_training_on_a_machine_with_gpus_uses_gloo_and_a_plain_ddp(tmp_path):
+    """train.device=cpu under torchrun where CUDA is available: gloo, collectives on the CPU, and DDP without
+    device_ids (NCCL and device_ids=[local_rank] made DDP of the CPU model fail). A process group of one, in
+    a child process, with torch told that CUDA is there."""
+    script = tmp_path / "gloo_cpu.py"
+    script.write_text(
+        "import os, socket, torch, torch.distributed as dist\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()\n"
+        "os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK='0', LOCAL_RANK='0',\n"
+        "                  WORLD_SIZE='2')\n"
+        "torch.cuda.is_available = lambda: True\n"
+        "import torch.distributed\n"
+        "init = dist.init_process_group\n"
+        "dist.init_process_group = lambda backend, **kw: (print('backend', backend),\n"
+        "    init('gloo', rank=0, world_size=1, **kw))\n"
+        "from bigseq.train.distributed import setup, wrap, _device\n"
+        "world = setup('cpu')\n"
+        "net = wrap(torch.nn.Linear(2, 2), world, 'ddp')\n"
+        "print(type(net).__name__, net.device_ids, _device())\n"
+        "dist.destroy_process_group()\n"
+    )
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[:2] == ["backend gloo", "DistributedDataParallel None cpu"], res.stdout

@@ -22,9 +22,9 @@ _LEVELS = 1 << 16
 
 
 def dropout_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[Tensor, float]:
-    """A bool keep-mask of ``shape`` (True with probability 1 - p', p' = p rounded to 1/65536) and the
-    scale 1 / (1 - p') for the kept values."""
-    drop = round(p * _LEVELS)
+    """A bool keep-mask of ``shape`` (True with probability 1 - p', p' = p rounded to 1/65536, at most
+    65535/65536) and the scale 1 / (1 - p') for the kept values."""
+    drop = min(round(p * _LEVELS), _LEVELS - 1)  # p just under 1 would round to "drop all", scale 1 / 0
     n = shape.numel()
     # Uniform int32 -> two uniform int16 per draw, over [-32768, 32767]; keep those at or above the threshold.
     bits = torch.randint(-(2**31), 2**31 - 1, ((n + 1) // 2,), dtype=torch.int32, device=device)

@@ -84,14 +84,16 @@ class World:
             dist.barrier()
 
 
-def setup(timeout_minutes: float = 30.0) -> World:
-    """Join the process group torchrun describes in the environment, once; a world of one otherwise."""
+def setup(device: str = "auto", timeout_minutes: float = 30.0) -> World:
+    """Join the process group torchrun describes in the environment, once; a world of one otherwise.
+    NCCL when training is to run on GPUs, gloo for ``device="cpu"`` (also on a machine with GPUs: NCCL and
+    the DDP of a CPU model on it failed there)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
@@ -114,11 +116,9 @@ def resolve_device(name: str, world: World | None = None) -> torch.device:
 
 
 def _device() -> torch.device:
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
+    """Where the tensors of collectives live: the GPU under NCCL, else the CPU."""
+    nccl = dist.is_initialized() and dist.get_backend() == "nccl"
+    return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
 
 
 STRATEGIES = ("ddp", "fsdp")
@@ -138,7 +138,7 @@ def wrap(model: nn.Module, world: World, strategy: str = "ddp") -> nn.Module:
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        ids = [world.local_rank] if torch.cuda.is_available() else None
+        ids = [world.local_rank] if next(model.parameters()).is_cuda else None  # a CPU model takes none
         return DistributedDataParallel(model, device_ids=ids)
     from torch.distributed.fsdp import fully_shard
 

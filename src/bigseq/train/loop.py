@@ -248,7 +248,7 @@ def fit(
     export = export or (lambda m: m)
     tc, out = cfg.train, Path(out_dir)
     # Under torchrun every rank trains; only rank 0 writes the run directory and validates.
-    world = setup()
+    world = setup(tc.device)
     is_main = world.is_main
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
