@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from bigseq import metrics as metrics_mod
 from bigseq import speed
@@ -171,7 +172,14 @@ def load(
     cfg = Config.load(run_dir / CONFIG_FILE, run=True)
     toks = TokenizerPair.load(run_dir)
     model = build_model(cfg.model)
-    load_weights(model, weights or run_dir / WEIGHTS_FILE)
+    path = Path(weights) if weights is not None else run_dir / WEIGHTS_FILE
+    if cfg.train.lora_rank and _holds_adapters(path):
+        # a LoRA run's train-state weights keep the base weights and the adapters apart: fold them in
+        add_lora(model, cfg.train.lora_rank, cfg.train.lora_alpha, frozen=cfg.train.freeze)
+        load_weights(model, path)
+        model = merged(model)
+    else:
+        load_weights(model, path)
     if wise_alpha != 1.0:
         model = _mixed_for_loading(model, cfg, run_dir, weights, wise_alpha)
     model = speed.quantize(model.eval().to(target), quantize)
@@ -180,6 +188,16 @@ def load(
     if compile:
         speed.compile_for_inference(model)
     return Seq2SeqRun(run_dir, cfg, toks, model)
+
+
+def _holds_adapters(path: Path) -> bool:
+    """Whether a weights file holds LoRA adapters apart from their layers (a LoRA run's train state)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())  # (a safe_open handle is not iterable)
+        return any(".parametrizations." in k for k in names)
+    except Exception:  # not a readable safetensors file: load_weights says what is wrong with it
+        return False
 
 
 def _mixed_for_loading(

@@ -331,3 +331,23 @@ def test_char_pretraining_keeps_a_documents_lines_apart(tmp_path):
     assert main(args) == 0
     tok = TokenizerPair.load(run).src
     assert tok.newline_id() is not None and tok.decode(tok.encode("sat\non")) == "sat\non"
+
+
+def test_a_lora_runs_train_state_weights_load_and_mix_anew(pretrained, tmp_path):
+    """A LoRA run's train state keeps the adapters apart from the base weights; load(weights=...) folds them
+    in, so its fine-tuned weights can be evaluated and mixed with WiSE-FT anew (they failed to load)."""
+    run, train, valid = pretrained
+    out = tmp_path / "lora"
+    args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--out", str(out)]
+    args += ["--max-steps", "10", *FAST, "--lora-rank", "2", "--set", "train.wise_alpha=0.5"]
+    assert (
+        main([*args, "--set", "train.eval_every=10", "--set", "train.keep=last", "--set", "train.lr=3e-3"])
+        == 0
+    )
+    published = api.load(out).model.state_dict()  # mixed half-way back to the pretrained weights
+    remixed = api.load(out, weights=state_weights(out), wise_alpha=0.5).model.state_dict()
+    tuned = api.load(out, weights=state_weights(out)).model.state_dict()
+    assert published.keys() == remixed.keys() == tuned.keys()
+    for key in published:
+        torch.testing.assert_close(remixed[key], published[key])
+    assert any(not torch.equal(tuned[k], published[k]) for k in published)
