@@ -107,8 +107,12 @@ def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_t
     _, err = proc.communicate(timeout=120)  # a hang in a collective would time out here
     # torchrun itself reports the signal (its own SignalException); the workers stopped cleanly after saving.
     assert "SIGTERM; checkpoint saved, continue with --resume" in err, err[-3000:]
-    stopped_at = torch.load(run / "train_state/state.pt", weights_only=True)["progress"]["step"]
+    state = torch.load(run / "train_state/state.pt", weights_only=True)
+    stopped_at = state["progress"]["step"]
     assert 0 < stopped_at < 100000
+    # each rank's own generator is saved, and they differ: the ranks draw different dropout masks
+    rngs = [r["cpu"] for r in state["rng_by_rank"]]
+    assert len(rngs) == 2 and not torch.equal(rngs[0], rngs[1]) and torch.equal(rngs[0], state["rng"])
     torchrun(*args, "--max-steps", str(stopped_at + 4), "--resume")
     assert json.loads((run / "summary.json").read_text())["steps"] == stopped_at + 4
 

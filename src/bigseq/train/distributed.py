@@ -79,6 +79,14 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gather(self, obj: object) -> list[object]:
+        """Every rank's ``obj`` (a picklable value), in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[object] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

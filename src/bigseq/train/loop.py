@@ -252,7 +252,9 @@ def fit(
     is_main = world.is_main
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
-    torch.manual_seed(tc.seed)
+    # Each rank draws its own dropout masks (rank 0, and a single process, from the seed itself): with one
+    # seed for all, the ranks' masks were the same draws, correlated noise on different batches.
+    torch.manual_seed(tc.seed + world.rank)
     metric = tc.metric
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
     pr = Progress()
@@ -273,10 +275,8 @@ def fit(
     opt = make_optimizer(model, tc)
     if st is not None:
         load_optimizer_state(model, opt, st["optimizer"])
-        torch.set_rng_state(st["rng"])
-        if device.type == "cuda" and "cuda_rng" in st:  # dropout on the GPU draws from the CUDA generator
-            torch.cuda.set_rng_state(st["cuda_rng"], device)
         pr = Progress(**{"evaluated_step": None, **st["progress"]})  # None: a state from before the field
+        _restore_rng(st, world, device, tc.seed + world.rank + 7919 * pr.step)
         if is_main:
             _drop_rows_after(out / "metrics.jsonl", pr.step)
 
@@ -299,11 +299,12 @@ def fit(
     def save_checkpoint() -> None:
         pr.elapsed = time.perf_counter() - t0
         full, optim_state = plain(), full_optimizer_state(model, opt)  # collectives: every rank takes part
+        rngs = world.gather(_rng_state(device))  # each rank's generators (a collective too)
         if not is_main:
             return
-        state = {"optimizer": optim_state, "rng": torch.get_rng_state(), "progress": asdict(pr)}
+        state = {"optimizer": optim_state, "rng": rngs[0]["cpu"], "rng_by_rank": rngs, "progress": asdict(pr)}
         if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
+            state["cuda_rng"] = rngs[0]["cuda"]
         save_train_state(out / STATE_DIR, full, state, pr.step)
 
     batches = epoch_batches(pr.epoch)
@@ -531,6 +532,31 @@ def fit(
         kept=tc.keep,
         flops=pr.flops if counts_flops else None,
     )
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """This process's generators: the CPU's and, training on a GPU, its (dropout there draws from it)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(st: dict[str, Any], world: Any, device: torch.device, fallback_seed: int) -> None:
+    """This rank's generators as the checkpoint saved them. A rank the checkpoint has none for (it was
+    saved by fewer ranks, or before they were saved per rank) seeds a stream of its own from
+    ``fallback_seed``, rather than take rank 0's and repeat its draws."""
+    by_rank = st.get("rng_by_rank")
+    if by_rank is not None and world.rank < len(by_rank):
+        mine = by_rank[world.rank]
+    elif world.rank == 0:
+        mine = {"cpu": st["rng"], "cuda": st.get("cuda_rng")}
+    else:
+        torch.manual_seed(fallback_seed)
+        return
+    torch.set_rng_state(mine["cpu"])
+    if device.type == "cuda" and mine.get("cuda") is not None:
+        torch.cuda.set_rng_state(mine["cuda"], device)
 
 
 def _drop_rows_after(path: Path, step: int) -> None:
