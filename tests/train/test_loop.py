@@ -55,6 +55,27 @@ def _inject_nan(monkeypatch, bad_calls):
     return snapshots
 
 
+def _ctrl_c_at_forward(monkeypatch, n):
+    """Models built by the API raise SIGINT during their ``n``-th training forward, as if the user pressed
+    Ctrl-C then."""
+    build, calls = bigseq.api.build_model, {"n": 0}
+
+    def build_with_ctrl_c(mcfg):
+        model = build(mcfg)
+
+        def hook(module, args, out):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == n:
+                    signal.raise_signal(signal.SIGINT)
+            return out
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+
+
 def test_non_finite_steps_are_skipped(tmp_path, monkeypatch):
     train, valid = write_reverse_task(tmp_path, 300, 20)
     snaps = _inject_nan(monkeypatch, lambda i: i in (3, 4))
@@ -132,27 +153,13 @@ def test_ctrl_c_between_evaluations_resumes_bit_for_bit(tmp_path, monkeypatch):
     """Ctrl-C (SIGINT) at step 5 of 10, far from any evaluation: the checkpoint it saves resumes to the same
     weights as an uninterrupted run (dropout on, so the RNG state must come back too)."""
     train, valid = write_reverse_task(tmp_path, 300, 20)
-    build, calls = bigseq.api.build_model, {"n": 0}
-
-    def build_with_ctrl_c(mcfg):
-        model = build(mcfg)
-
-        def hook(module, args, out):
-            if module.training:
-                calls["n"] += 1
-                if calls["n"] == 5:
-                    signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 5
-            return out
-
-        model.register_forward_hook(hook)
-        return model
 
     def cfg():
         return _cfg("train.max_steps=10", "train.eval_every=100", "model.dropout=0.1")
 
     quiet = {"progress": False, "log": lambda *a: None}
     straight = bigseq.api.train(cfg(), train, valid, tmp_path / "straight", **quiet)
-    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+    _ctrl_c_at_forward(monkeypatch, 5)
     stopped = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", **quiet)
     assert stopped.steps == 5 and stopped.stopped_by.startswith("SIGINT; checkpoint saved")
     monkeypatch.undo()
@@ -314,22 +321,7 @@ def test_a_stop_at_an_evaluation_step_is_evaluated_on_resume_and_metrics_keep_on
         return _cfg("train.max_steps=10", "train.eval_every=5", "train.keep=last")
 
     straight = bigseq.api.train(cfg(), train, valid, tmp_path / "straight", **quiet)
-    build, calls = bigseq.api.build_model, {"n": 0}
-
-    def build_with_ctrl_c(mcfg):
-        model = build(mcfg)
-
-        def hook(module, args, out):
-            if module.training:
-                calls["n"] += 1
-                if calls["n"] == 10:
-                    signal.raise_signal(signal.SIGINT)
-            return out
-
-        model.register_forward_hook(hook)
-        return model
-
-    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+    _ctrl_c_at_forward(monkeypatch, 10)
     stopped = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", **quiet)
     assert stopped.steps == 10 and stopped.stopped_by.startswith("SIGINT")
     assert [r["step"] for r in rows(tmp_path / "stopped")] == [5]
@@ -397,16 +389,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_says_what_it
     assert (run / "config.yaml").is_file()
     with pytest.raises(BigseqError, match="starts again without --resume"):
         bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, resume=True, **quiet)
-    build = bigseq.api.build_model
-
-    def build_with_ctrl_c(mcfg):
-        model = build(mcfg)
-        model.register_forward_hook(
-            lambda m, a, out: signal.raise_signal(signal.SIGINT) if m.training else None
-        )
-        return model
-
-    monkeypatch.setattr(bigseq.api, "build_model", build_with_ctrl_c)
+    _ctrl_c_at_forward(monkeypatch, 1)
     said = []
     stopped = bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, progress=False, log=said.append)
     assert any("starting it again" in s for s in said)
