@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -50,7 +51,7 @@ from bigseq.train.checkpoint import (
     weights_sha256,
 )
 from bigseq.train.distributed import World, resolve_device, setup
-from bigseq.train.loop import EpochData, Summary, Validate, fit
+from bigseq.train.loop import TENSORBOARD_DIR, EpochData, Summary, Validate, fit
 
 CONFIG_FILE = "config.yaml"
 
@@ -253,6 +254,7 @@ def _new_run_dir(out: Path, log: Any) -> None:
         raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
     if (out / CONFIG_FILE).exists():
         log(f"run: {out} stopped before any checkpoint (no weights, no train state); starting it again")
+        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)  # its curve would be drawn under the new one
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
 

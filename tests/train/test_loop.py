@@ -389,10 +389,12 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_says_what_it
     assert (run / "config.yaml").is_file()
     with pytest.raises(BigseqError, match="starts again without --resume"):
         bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, resume=True, **quiet)
+    (run / "tensorboard").mkdir(exist_ok=True)
+    (run / "tensorboard" / "events.old").write_text("a curve of the failed attempt")
     _ctrl_c_at_forward(monkeypatch, 1)
     said = []
     stopped = bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, progress=False, log=said.append)
-    assert any("starting it again" in s for s in said)
+    assert any("starting it again" in s for s in said) and not (run / "tensorboard" / "events.old").exists()
     assert stopped.steps == 1 and stopped.best_path is None
     assert "no weights published yet" in str(stopped) and not (run / "model.safetensors").exists()
     assert json.loads((run / "summary.json").read_text())["best_path"] is None

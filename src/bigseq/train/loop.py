@@ -41,6 +41,7 @@ from bigseq.train.checkpoint import (
     save_weights,
 )
 from bigseq.train.distributed import (
+    World,
     full_model,
     full_optimizer_state,
     load_optimizer_state,
@@ -542,7 +543,7 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def _restore_rng(st: dict[str, Any], world: Any, device: torch.device, fallback_seed: int) -> None:
+def _restore_rng(st: dict[str, Any], world: World, device: torch.device, fallback_seed: int) -> None:
     """This rank's generators as the checkpoint saved them. A rank the checkpoint has none for (it was
     saved by fewer ranks, or before they were saved per rank) seeds a stream of its own from
     ``fallback_seed``, rather than take rank 0's and repeat its draws."""
