@@ -159,6 +159,18 @@ def test_extra_special_tokens(mode):
     assert "<extra_id" not in tok.decode(ids)
 
 
+@pytest.mark.parametrize("mode", ["bpe", "unigram"])
+def test_a_spelled_sentinel_encodes_as_pretraining_places_it(mode):
+    """Span corruption puts a sentinel's id in place of token ids; a prompt spelling the sentinel between
+    words must give the same ids, without a stray space token on either side of it."""
+    tok = Tokenizer.train(CORPUS, mode=mode, vocab_size=300, extra_special_tokens=["<extra_id_0>"])
+    head, hidden, tail = (tok.encode(t) for t in ("The quick brown", "fox", "jumps over"))
+    assert tok.encode("The quick brown fox jumps over") == head + hidden + tail  # word-boundary pieces
+    for prompt in ("The quick brown <extra_id_0> jumps over", "The quick brown<extra_id_0>jumps over"):
+        assert tok.encode(prompt) == head + [4] + tail, prompt
+    assert tok.decode(head + [4] + tail) == "The quick brown jumps over"
+
+
 def test_invalid_mode_and_settings():
     with pytest.raises(ConfigError, match="bpe, unigram, char, word"):
         Tokenizer.train(CORPUS, mode="sentencepiece")

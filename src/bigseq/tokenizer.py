@@ -14,7 +14,11 @@ The special tokens always have the same ids: ``<pad>``=0, ``<s>``=1, ``</s>``=2,
 extra special tokens (e.g. T5 sentinels). ``encode`` adds no BOS/EOS: the caller decides where they go. Text
 that spells a special token encodes to it, as Hugging Face tokenizers do: that is how an infilling prompt
 names its sentinels ("The cat <extra_id_0> the mat"); it also means a corpus holding a literal ``</s>``
-gets an end of sequence there (decoding drops special tokens, so such text does not round-trip).
+gets an end of sequence there (decoding drops special tokens, so such text does not round-trip). In bpe and
+unigram, an extra special token takes the spaces around its spelling with it (``lstrip`` / ``rstrip``):
+the text on each side is encoded on its own, with its own leading space, so "cat <extra_id_0> the" gives
+``Ġc at <extra_id_0> Ġthe`` -- the ids span corruption makes of "cat sat the" -- not ``... at Ġ <extra_id_0>
+Ġ Ġthe`` (a stray space token on each side, which pretraining never shows the model).
 A saved tokenizer is one JSON file that ``tokenizers.Tokenizer.from_file`` loads alone; the mode is read
 back from the model and pre-tokenizer types stored in it.
 """
@@ -71,7 +75,7 @@ class Tokenizer:
         """
         if mode not in MODES:
             raise ConfigError(f"tokenizer mode {mode!r} is not valid; expected one of {', '.join(MODES)}")
-        specials = SPECIALS + list(extra_special_tokens)
+        specials: list[str | tokenizers.AddedToken] = SPECIALS + list(extra_special_tokens)
         if len(set(specials)) != len(specials):
             raise ConfigError(
                 f"extra_special_tokens {list(extra_special_tokens)} repeat a token or one of {SPECIALS}"
@@ -83,6 +87,11 @@ class Tokenizer:
         if min_frequency < 1:
             raise ConfigError(f"tokenizer min_frequency must be >= 1, got {min_frequency}")
 
+        if mode in ("bpe", "unigram"):  # extra specials absorb the spaces around them (module docstring)
+            specials[len(SPECIALS) :] = [
+                tokenizers.AddedToken(t, special=True, lstrip=True, rstrip=True, normalized=False)
+                for t in extra_special_tokens
+            ]
         if mode == "bpe":
             tok = tokenizers.Tokenizer(models.BPE())
             # Without a leading space, a line's first word is split into rare pieces ("A" + "nd"): the
