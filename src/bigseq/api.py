@@ -25,7 +25,7 @@ from bigseq import speed
 from bigseq.config import Config, ModelConfig, SearchConfig
 from bigseq.data.batching import PairSet, encode_pairs
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
-from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective
+from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective, check_window
 from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
 from bigseq.errors import BigseqError, ConfigError, DataError, output_file
@@ -591,7 +591,15 @@ def pretrain(
     files = resolve_inputs(texts)
     if resume:
         cfg = _resumed(cfg, out, log)
-    elif world.is_main:
+    else:  # shapes the corpus cannot change: refused before the tokenizer is trained
+        p = cfg.pretrain
+        if p.window_tokens + 2 > cfg.model.max_positions:
+            raise ConfigError(
+                f"pretrain.window_tokens ({p.window_tokens}) + BOS/EOS exceeds "
+                f"model.max_positions ({cfg.model.max_positions})"
+            )
+        check_window(p.objective, p.window_tokens, p.noise_density, p.mean_span_length)
+    if not resume and world.is_main:
         _new_run_dir(out, log)
         d = cfg.data
         t0 = time.perf_counter()
@@ -611,11 +619,6 @@ def pretrain(
         cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = tok.vocab_size
         cfg.metrics, cfg.train.metric = [], "loss"
         cfg.validate()
-        if cfg.pretrain.window_tokens + 2 > cfg.model.max_positions:
-            raise ConfigError(
-                f"pretrain.window_tokens ({cfg.pretrain.window_tokens}) + BOS/EOS exceeds "
-                f"model.max_positions ({cfg.model.max_positions})"
-            )
         TokenizerPair(tok, tok, shared=True).save(out)
         cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)

@@ -7,6 +7,7 @@ from bigseq.data.objectives import (
     PRETRAIN_SPECIAL_TOKENS,
     SENTINELS,
     Objective,
+    check_window,
     prefix_lm,
     span_corruption,
     text_infilling,
@@ -104,6 +105,28 @@ def test_span_corruption_errors():
         span_corruption([5, 6, 7], rng, SENT, noise_density=1.0)
 
 
+def test_windows_needing_more_sentinels_than_there_are_are_refused_before_any_work(tmp_path):
+    """2,048-token windows at the default density make 102 spans for 100 sentinels: a ConfigError from
+    ``pretrain`` before the run directory, the tokenizer or the shards exist (it used to fail at the first
+    batch). The largest window that fits still works."""
+    import bigseq.api
+    from bigseq.config import Config, apply_overrides
+
+    with pytest.raises(ConfigError, match="makes 102 spans, one sentinel each, but there are 100"):
+        check_window("span", 2048, 0.15, 3.0)
+    check_window("infill", 2048, 0.15, 3.0)  # one mask token serves every span
+    ids = list(range(2000))  # the longest window check_window accepts makes no more spans than sentinels
+    span_corruption(ids, np.random.default_rng(0), SENT, 0.15, 3.0)
+    check_window("span", len(ids), 0.15, 3.0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a few words\n", encoding="utf-8")
+    cfg = Config()
+    apply_overrides(cfg, ["pretrain.window_tokens=2048", "model.max_positions=4096"])
+    with pytest.raises(ConfigError, match="makes 102 spans"):
+        bigseq.api.pretrain(cfg, [corpus], tmp_path / "run", progress=False, log=lambda *a: None)
+    assert not (tmp_path / "run").exists()
+
+
 # --- text infilling ------------------------------------------------------------------------------
 
 
@@ -167,6 +190,18 @@ def test_infilling_with_more_spans_than_gaps_still_fits():
         source, target = text_infilling(text_ids(rng, 10), rng, MASK_ID, mask_ratio=0.9, poisson_lambda=0.5)
         assert infill_alignment(source, target) is not None
         assert sum(t != MASK_ID for t in source) == 1
+
+
+def test_infilling_source_is_never_longer_than_the_text():
+    """Many empty spans (small lambda) each add a mask: the source (kept tokens + masks) could outgrow the
+    window, which the model's positions were sized for. Masks are capped at the masked-token count."""
+    rng = np.random.default_rng(1)
+    for n in (5, 126):
+        for _ in range(200):
+            source, target = text_infilling(
+                text_ids(rng, n), rng, MASK_ID, mask_ratio=0.3, poisson_lambda=0.2
+            )
+            assert len(source) <= n and infill_alignment(source, target) is not None
 
 
 # --- prefix LM -----------------------------------------------------------------------------------

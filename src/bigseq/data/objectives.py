@@ -60,10 +60,7 @@ def span_corruption(
         raise ValueError(f"mean_span_length must be >= 1, got {mean_span_length}")
     arr = _as_ids(ids, "span_corruption")
     n = len(arr)
-    num_noise = min(max(round(n * noise_density), 1), n - 1)
-    num_spans = max(1, round(num_noise / mean_span_length))
-    # Every span needs a token of its own, and so does every non-noise span before it.
-    num_spans = min(num_spans, num_noise, n - num_noise)
+    num_noise, num_spans = _noise_and_spans(n, noise_density, mean_span_length)
     if num_spans > len(sentinel_ids):
         raise ValueError(
             f"span_corruption needs {num_spans} sentinels for {n} tokens but got {len(sentinel_ids)}; "
@@ -86,6 +83,28 @@ def span_corruption(
     return source, target
 
 
+def _noise_and_spans(n: int, noise_density: float, mean_span_length: float) -> tuple[int, int]:
+    """Span corruption's noise-token and span counts for a text of ``n`` ids."""
+    num_noise = min(max(round(n * noise_density), 1), n - 1)
+    num_spans = max(1, round(num_noise / mean_span_length))
+    # Every span needs a token of its own, and so does every non-noise span before it.
+    return num_noise, min(num_spans, num_noise, n - num_noise)
+
+
+def check_window(objective: str, window_tokens: int, noise_density: float, mean_span_length: float) -> None:
+    """Raise ConfigError before any work when windows of ``window_tokens`` ids would need more sentinels
+    than there are (span corruption: one per span), rather than at the first batch."""
+    if objective != "span" or window_tokens < MIN_LENGTH or mean_span_length < 1 or not 0 < noise_density < 1:
+        return  # nothing to count, or settings the objective itself refuses, naming them
+    spans = _noise_and_spans(window_tokens, noise_density, mean_span_length)[1]
+    if spans > len(SENTINELS):
+        raise ConfigError(
+            f"pretrain.window_tokens={window_tokens} with noise_density={noise_density:g} and "
+            f"mean_span_length={mean_span_length:g} makes {spans} spans, one sentinel each, but there are "
+            f"{len(SENTINELS)}: lower window_tokens or noise_density, or raise mean_span_length"
+        )
+
+
 def text_infilling(
     ids: Ids,
     rng: np.random.Generator,
@@ -100,7 +119,8 @@ def text_infilling(
     length-0 span inserts a mask that hides nothing. Spans are placed at distinct gaps between the kept
     tokens, chosen uniformly at random, so two masks never touch and every mask stands for exactly one
     contiguous run of the target (unlike fairseq, whose spans may overlap and merge).
-    If there are more spans than gaps, empty spans are dropped first, then the last spans are merged.
+    If there are more spans than gaps, or than masked tokens (the source would then be longer than the
+    text), empty spans are dropped first, then the last spans are merged.
     """
     if not 0.0 < mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
@@ -121,10 +141,13 @@ def text_infilling(
                 break
     num_keep = n - num_mask
     gaps = num_keep + 1  # before each kept token, and after the last
-    if len(lengths) > gaps:
+    # At most one mask per gap, and no more masks than masked tokens: the source (kept tokens + masks) is
+    # then never longer than the text, so a window that fits the model's positions fits as a source too.
+    room = min(gaps, num_mask)
+    if len(lengths) > room:
         lengths = [x for x in lengths if x > 0]
-        if len(lengths) > gaps:
-            lengths = [*lengths[: gaps - 1], sum(lengths[gaps - 1 :])]
+        if len(lengths) > room:
+            lengths = [*lengths[: room - 1], sum(lengths[room - 1 :])]
     span_at = np.full(gaps, -1, dtype=np.int64)  # length of the span placed at each gap; -1: none
     span_at[np.sort(rng.choice(gaps, size=len(lengths), replace=False))] = rng.permutation(lengths)
     source: list[int] = []
