@@ -6,6 +6,12 @@ set -euo pipefail
 MINUTES=${1:-60}
 R=recipes/g2p_cmudict
 B=.venv/bin
+# Both trainings start fresh (bigseq refuses an --out that holds a run): an earlier attempt's runs/ is left
+# for you to keep or delete.
+if [ -e $R/runs/transformer ] || [ -e $R/runs/gru ]; then
+  echo "$R/runs holds an earlier attempt's runs: move it away or delete it (rm -rf $R/runs), then run again" >&2
+  exit 2
+fi
 $B/python $R/prepare.py --out $R/data
 mkdir -p $R/runs
 $B/pip install -q phonetisaurus && $B/python $R/phonetisaurus_baseline.py --data $R/data | tee $R/runs/phonetisaurus.json

@@ -14,7 +14,8 @@ the final weights, next line the best on valid loss; genre mixes them with the p
 and the same steps, so they also take the same wall time per step (reported). The seed sets the model
 initialisation of the scratch arm, the batch order and dropout of both.
 
-Finished runs are skipped, so the script can be stopped and started again. It writes
+Finished runs are skipped, so the script can be stopped and started again; a finished run asked for
+again with other steps, overrides, ``--init`` or ``--data`` stops the script (it would report the old run). It writes
 ``OUT/results.json`` (every run, and per arm mean / standard deviation over seeds, and the per-seed margin
 pretrained - scratch) and prints a markdown table.
 """
@@ -43,8 +44,18 @@ LOWER_IS_BETTER = {"perplexity", "loss"}
 def run_one(task: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
     out = args.out / f"{task}-{arm}-s{seed}"
     result_file = out / "test.json"
+    asked = {"max_steps": args.steps[task], "overrides": args.set, "init": str(Path(args.init).resolve()),
+             "data": str(Path(args.data).resolve())}  # fmt: skip
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        done = json.loads(result_file.read_text())
+        # A finished run is reused only for the same request (results of older versions lack some keys).
+        made = {k: done.get(k, v) for k, v in asked.items()}
+        if made != asked:
+            raise SystemExit(
+                f"{result_file} was made with {made}, not {asked}: give another --out, or delete "
+                f"{out} to run it again"
+            )
+        return done
     if out.exists():  # an unfinished run from an earlier attempt: start it again
         import shutil
 
@@ -67,7 +78,7 @@ def run_one(task: str, arm: str, seed: int, args: argparse.Namespace) -> dict:
         "arm": arm,
         "seed": seed,
         "steps": summary.steps,
-        "overrides": args.set,
+        **asked,
         "train_seconds": round(summary.seconds, 1),
         "best_step": summary.best_step,
         "test": test,

@@ -7,6 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=recipes/shakespeare
 PY=.venv/bin/python
+# Every run below starts fresh (bigseq refuses an --out that holds a run, and ablation.py would reuse runs
+# fine-tuned from an older pretraining): an earlier attempt's runs/ is left for you to keep or delete.
+if [ -e $R/runs/pretrain ]; then
+  echo "$R/runs holds an earlier attempt's runs: move it away or delete it (rm -rf $R/runs), then run again" >&2
+  exit 2
+fi
 PRECISION=${PRECISION:-$($PY -c 'from bigseq.speed import cpu_bf16_pays; print("bf16" if cpu_bf16_pays() else "fp32")')}
 # The measured runs predate train.length_grid (rounded batch lengths, default 8 now): exact lengths reproduce
 # their batches (BATCHES=train.length_grid=8 bash run.sh for the current default).

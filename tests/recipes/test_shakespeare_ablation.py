@@ -47,3 +47,25 @@ def test_a_summary_after_the_first_run_has_only_that_arm():
     assert "scratch" not in s["genre"]["accuracy"] and "margin" not in s["genre"]["accuracy"]
     assert list(s["genre"]["train_seconds"]) == ["pretrained"]
     assert "| genre | accuracy | 42.00 ± 0.00 % | - | - | - |" in ablation.markdown(s)
+
+
+def test_a_finished_run_is_reused_only_for_the_same_request(tmp_path):
+    """A rerun with other steps or overrides into the same --out would have reported the old run's numbers."""
+    import argparse
+    import json
+
+    import pytest
+
+    args = argparse.Namespace(out=tmp_path, steps={"genre": 600}, set=["train.keep=best"], init=tmp_path / "init",
+                              data=tmp_path / "data")  # fmt: skip
+    done = {"task": "genre", "arm": "pretrained", "seed": 1, "max_steps": 600, "overrides": ["train.keep=best"],
+            "init": str((tmp_path / "init").resolve()), "data": str((tmp_path / "data").resolve()), "test": {}}  # fmt: skip
+    (tmp_path / "genre-pretrained-s1").mkdir()
+    (tmp_path / "genre-pretrained-s1" / "test.json").write_text(json.dumps(done))
+    assert ablation.run_one("genre", "pretrained", 1, args) == done  # the same request: reused, no training
+    args.steps = {"genre": 1000}
+    with pytest.raises(SystemExit, match="was made with .*'max_steps': 600.*not .*'max_steps': 1000"):
+        ablation.run_one("genre", "pretrained", 1, args)
+    args.steps, args.set = {"genre": 600}, ["train.keep=last"]
+    with pytest.raises(SystemExit, match="delete .*genre-pretrained-s1 to run it again"):
+        ablation.run_one("genre", "pretrained", 1, args)

@@ -164,6 +164,8 @@ def test_outputs(tmp_path):
         *["valid", "train", "train", "test"],  # b: 3 training plays (b/3 is index 10: held out)
     ]
     assert prep.play_splits(names, 1) == prep.play_splits(names)
+    # a genre with one training play keeps it for training (a valid play would leave the genre none)
+    assert prep.play_splits(["a/x.md", "a/y.md", "b/u.md"]) == ["test", "train", "train"]
     lines = {"b-two": 17 + 1 + 9, "c-three": 17 + 2 + 9, "d-four": 17 + 3 + 9, "e-five": 17 + 4 + 9}
     assert len(rows["nextline_valid"]) == lines["b-two"] - 2 + lines["d-four"] - 2
     assert len(rows["nextline_train"]) == lines["c-three"] - 2 + lines["e-five"] - 2
