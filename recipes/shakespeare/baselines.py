@@ -10,7 +10,7 @@ Genre (``genre_{train,valid,test}.jsonl``):
 * ``majority``: always the most frequent genre of train (a tie goes to the alphabetically first).
 * ``tfidf_logreg``: scikit-learn ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)`` (default
   tokenization, lower-cased) fitted on train, then ``LogisticRegression(C=C, max_iter=1000)`` trained on
-  train for each ``C`` in ``{10, 30, 100, 300, 1000}``; the ``C`` with the best VALID accuracy is kept (a tie goes to
+  train for each ``C`` in ``{10, 30, 100, ..., 30000}`` (``C_GRID``); the ``C`` with the best VALID accuracy is kept (a tie goes to
   the better valid macro-F1, then to the smaller ``C``). Test is never used for a choice.
 * ``count_nb``: word counts (``CountVectorizer()``, unigrams, lower-cased) + ``ComplementNB(alpha=alpha)``,
   ``alpha`` in ``ALPHA_GRID`` chosen on valid the same way. Not asked for by the recipe; added because a

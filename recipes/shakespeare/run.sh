@@ -29,7 +29,7 @@ $PY $R/baselines.py --data $R/data --json $R/runs/baselines.json
 $PY $R/ablation.py --init $R/runs/pretrain --data $R/data --out $R/runs/ablation --seeds 1 2 3 \
   --genre-steps "${GENRE_STEPS:-600}" --nextline-steps "${NEXTLINE_STEPS:-400}" --set "train.precision=$PRECISION" --set "$KEEP" --set "$WISE" --set "$BATCHES"
 # The longer runs (RESULTS.md, "Longer pretraining, longer fine-tuning"): the 30-minute pretraining continued
-# for 20 more minutes (a copy, resumed with a 50-minute budget: the cosine schedule restarts at 35% of the peak
+# for 20 more minutes (a copy, resumed with a 50-minute budget: the cosine schedule restarts at 34% of the peak
 # rate), then the genre ablation with 1,000 fine-tuning steps.
 rm -rf $R/runs/pretrain-50 && cp -r $R/runs/pretrain $R/runs/pretrain-50
 .venv/bin/bigseq pretrain --config $R/pretrain.yaml --text "$R/data/corpus/*.txt" --out $R/runs/pretrain-50 \
