@@ -83,6 +83,13 @@ def test_freeze_parts(arch):
     assert any(name.startswith("encoder.") for name in frozen)
     assert not any(name.startswith("decoder.") for name in frozen)
     assert all(p.requires_grad for name, p in model.named_parameters() if name.startswith("decoder."))
+    # the decoder includes the output head: all of it when untied, its bias (GRU) when tied to the embeddings
+    for tie in (False, True):
+        model = tiny_model(arch, tie_embeddings=tie)
+        freeze(model, ["decoder"])
+        head = [p.requires_grad for p in model.lm_head.parameters()]
+        assert head == ([False] * len(head) if not tie else [True] + [False] * (len(head) - 1)), (tie, head)
+        assert model.tgt_embed.weight.requires_grad
 
 
 @pytest.mark.parametrize("arch", ["transformer", "gru"])

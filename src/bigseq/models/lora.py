@@ -37,7 +37,9 @@ class LoRA(nn.Module):
 PARTS = {
     "embeddings": ("src_embed", "tgt_embed", "src_bias", "tgt_bias", "pos"),
     "encoder": ("encoder", "enc_ln", "mem_proj", "bridge"),
-    "decoder": ("decoder", "dec_ln", "att_", "combine"),
+    # The output head too (its bias, or all of it when untied; a tied weight is the embedding's, named
+    # tgt_embed.weight, so freezing the decoder leaves the embeddings alone).
+    "decoder": ("decoder", "dec_ln", "att_", "combine", "lm_head"),
 }
 
 
@@ -98,7 +100,7 @@ def merged(model: nn.Module) -> nn.Module:
 
 def freeze(model: nn.Module, parts: list[str]) -> int:
     """Stop gradients to ``parts`` (``embeddings``: token embeddings and learned positions — with tied
-    embeddings this fixes the output head too; ``encoder``; ``decoder``). Returns the number of parameters
+    embeddings this fixes the output head too; ``encoder``; ``decoder``, with the output head). Returns the number of parameters
     frozen. Parameters are found by name (``PARTS``), so this works for both architectures."""
     frozen = 0
     for name, p in model.named_parameters():
