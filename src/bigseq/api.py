@@ -54,6 +54,8 @@ from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import TENSORBOARD_DIR, EpochData, Summary, Validate, fit
 
 CONFIG_FILE = "config.yaml"
+# Search settings that only sampling reads: given without it, they are refused rather than ignored.
+SAMPLING_ONLY = ("temperature", "top_k", "top_p")
 
 
 class Seq2SeqRun:
@@ -72,6 +74,9 @@ class Seq2SeqRun:
         given = {k: v for k, v in overrides.items() if v is not None}
         s = replace(self.config.search, **given)
         s.validate()
+        unused = [k for k in SAMPLING_ONLY if k in given]
+        if unused and not s.sample:  # asked for, yet silently not applied: say so instead
+            raise ConfigError(f"{', '.join(unused)} only apply when sampling (sample=True / --sample)")
         return s
 
     def generate_n_best(

@@ -11,10 +11,16 @@ import io
 import json
 import os
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bigseq.config import QUANTIZE_MODES
 from bigseq.errors import BigseqError, ConfigError
+
+if TYPE_CHECKING:  # the training loop is imported late (start-up time)
+    from bigseq.train.loop import Summary
 
 EPILOG = """\
 examples:
@@ -198,40 +204,46 @@ def _log(args: argparse.Namespace):  # noqa: ANN202
     return say
 
 
-def _report(summary: object) -> None:
-    """The run's one-line summary, once: under torchrun only rank 0 prints it."""
+# A run stopped by a signal saved its checkpoint, but it did not finish: it exits as a shell reports a process
+# that signal ended (128 + its number), so `bigseq train ... && bigseq evaluate ...` does not go on.
+STOPPED_BY_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def _report(summary: Summary) -> int:
+    """The run's one-line summary, once (under torchrun only rank 0 prints it); the exit status."""
     if os.environ.get("RANK", "0") == "0":
         print(summary, file=sys.stderr)
+    return STOPPED_BY_SIGNAL.get(summary.stopped_by.split(";")[0], 0)
 
 
-def _train(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> int:
     from bigseq import api
 
     summary = api.train(
         _config(args), args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet,
         log=_log(args),
     )  # fmt: skip
-    _report(summary)
+    return _report(summary)
 
 
-def _pretrain(args: argparse.Namespace) -> None:
+def _pretrain(args: argparse.Namespace) -> int:
     from bigseq import api
 
     summary = api.pretrain(
         _config(args), args.text, args.out, resume=args.resume, progress=not args.quiet, log=_log(args),
         tokenizer=args.tokenizer, shards_dir=args.shards,
     )  # fmt: skip
-    _report(summary)
+    return _report(summary)
 
 
-def _finetune(args: argparse.Namespace) -> None:
+def _finetune(args: argparse.Namespace) -> int:
     from bigseq import api
 
     summary = api.finetune(
         _config(args), args.init, args.train, args.valid, args.out, resume=args.resume,
         progress=not args.quiet, log=_log(args), from_scratch=args.from_scratch,
     )  # fmt: skip
-    _report(summary)
+    return _report(summary)
 
 
 def _search_overrides(args: argparse.Namespace) -> dict:
@@ -317,9 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     code, finished = 0, False
     try:
-        verbs = {"train": _train, "pretrain": _pretrain, "finetune": _finetune, "generate": _generate,
-                 "evaluate": _evaluate, "plot": _plot}  # fmt: skip
-        verbs[args.verb](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(args.verb, warnings.showwarning)
+            verbs = {"train": _train, "pretrain": _pretrain, "finetune": _finetune, "generate": _generate,
+                     "evaluate": _evaluate, "plot": _plot}  # fmt: skip
+            code = verbs[args.verb](args) or 0
         finished = True
     except BigseqError as e:
         print(f"bigseq {args.verb}: error: {e}", file=sys.stderr)
@@ -343,6 +357,19 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _one_line_warnings(verb: str, show: Callable) -> Callable:
+    """``warnings.showwarning`` that prints bigseq's own warnings as one line, as its errors are
+    (``bigseq VERB: warning: ...``); other libraries' warnings keep Python's format (file and line)."""
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if "bigseq" not in Path(filename).parts:
+            show(message, category, filename, lineno, file, line)
+            return
+        print(f"bigseq {verb}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return one_line
 
 
 def _silence_stdout() -> None:

@@ -94,6 +94,21 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--no-repeat-ngram", "-1"]) == 2
     assert "search.no_repeat_ngram must be >= 0" in capsys.readouterr().err
+    # bigseq's own warnings print as one line, like its errors (no file:line and source line of Python's format)
+    import bigseq.speed
+
+    monkeypatch.setattr(bigseq.speed, "cpu_bf16_pays", lambda: False)
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs[:1]))
+    assert main(["generate", str(run), "--quantize", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert "bigseq generate: warning: quantize=bf16 on a CPU without bf16 matrix units" in err, err
+    assert "UserWarning" not in err and "warnings.warn" not in err, err
+    # sampling settings without --sample would be silently unused: a one-line error instead (API too)
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--temperature", "0.5", "--top-k", "3"]) == 2
+    assert "temperature, top_k only apply when sampling" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="top_p only apply when sampling"):
+        api.load(run).generate(inputs, top_p=0.9)
     # --threads N: the model runs on N CPU threads (recorded here, not set: this process runs other tests),
     # with the same outputs; fewer than one is a one-line error
     import torch

@@ -66,7 +66,9 @@ def test_tensorboard_can_be_switched_off(tmp_path):
 def test_resume_removes_temporary_files_of_a_killed_save(tmp_path):
     run = tmp_path / "run"
     _train(_cfg("train.max_steps=2", "train.eval_every=2"), tmp_path)
-    stale = [run / ".model.safetensors.k1ll3d.tmp", run / ".summary.json.x.tmp"]
+    stale = [run / ".model.safetensors.k1ll3d.tmp", run / ".summary.json.x.tmp",
+             run / "snapshots" / ".15min.safetensors.x.tmp"]  # fmt: skip
+    (run / "snapshots").mkdir(exist_ok=True)
     for p in stale:
         p.write_bytes(b"half a file")
     (run / "notes.tmp").write_text("a user's file")

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import bigseq.api
+from bigseq import cli
 from bigseq.config import Config, apply_overrides, apply_preset
 from bigseq.data.batching import make_batches
 from bigseq.models.base import build_model
@@ -137,8 +138,9 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
     assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    assert "SIGTERM; checkpoint saved" in err
+    # saved, but not finished: the status a shell gives a process SIGTERM ended (`train && evaluate` stops)
+    assert proc.returncode == 143, err
+    assert "SIGTERM; checkpoint saved" in err and "Traceback" not in err
     state = torch.load(run / "train_state/state.pt", weights_only=True)
     stopped_at = state["progress"]["step"]
     assert 0 < stopped_at < 100000
@@ -165,6 +167,8 @@ def test_ctrl_c_between_evaluations_resumes_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.undo()
     resumed = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", resume=True, **quiet)
     assert resumed.steps == 10
+    # the CLI's status: 130 (as a shell reports Ctrl-C) for the stopped run, 0 for the finished one
+    assert (cli._report(stopped), cli._report(resumed)) == (130, 0)
     a, b = (load_file(state_weights(tmp_path / name)) for name in ("straight", "stopped"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
     assert resumed.flops == straight.flops > 0  # the compute count is saved with the checkpoint
@@ -179,8 +183,16 @@ def test_early_stopping_and_accumulation(tmp_path):
     summary = bigseq.api.train(cfg, train, valid, tmp_path / "run", progress=False, log=lambda *a: None)
     assert summary.stopped_by.startswith("early stopping")
     assert summary.steps == 6
+    # resumed with more steps allowed, the run stays stopped (it trained 2 more steps before the next eval);
+    # a higher patience trains on
+    quiet = {"progress": False, "log": lambda *a: None}
+    again = bigseq.api.train(cfg, train, valid, tmp_path / "run", resume=True, **quiet)
+    assert again.steps == 6 and "raise train.patience to go on" in again.stopped_by
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6]
+    cfg.train.patience = 3
+    assert bigseq.api.train(cfg, train, valid, tmp_path / "run", resume=True, **quiet).steps == 8
+    cfg.train.patience = 2
     # grad_accum=2: each step consumed two micro-batches, so the first eval has seen the first four batches
     pairs = [json.loads(line) for line in train.read_text().splitlines()]
     src_lens = [len(p["source"]) for p in pairs]

@@ -263,7 +263,8 @@ def fit(
     if resume:
         st = load_train_state(out / STATE_DIR, model)  # before sharding: every rank loads all
         if is_main:
-            remove_stale_temp_files(out)  # of saves the interrupted run was killed in
+            for folder in (out, out / "snapshots"):  # of saves the interrupted run was killed in
+                remove_stale_temp_files(folder)
     if hasattr(model, "grad_checkpointing"):
         model.grad_checkpointing = tc.activation_checkpointing
     elif tc.activation_checkpointing:
@@ -386,6 +387,10 @@ def fit(
         stop = None
         if resume and due and pr.evaluated_step is not None and pr.evaluated_step < pr.step:
             stop = evaluate_and_save(pr.step, False)
+        if stop is None and resume and tc.patience and pr.bad_evals >= tc.patience:
+            # The run had stopped early: resuming (e.g. with more max_steps) must not train on until the
+            # next evaluation, which an uninterrupted run would never have reached.
+            stop = f"early stopping ({tc.patience} evals without improvement; raise train.patience to go on)"
         while stop is None and pr.step < tc.max_steps:
             # --- one optimizer step over grad_accum micro-batches ---
             # A round gives every rank its own batch of the epoch's list (pos + rank); a rank left without
