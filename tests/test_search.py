@@ -164,3 +164,19 @@ def test_max_lengths_are_a_times_length_plus_b_exactly():
         got = max_lengths(mask, a, b, 10_000).tolist()
         assert got == [math.floor(n * a + b) for n in range(1, 600)], a
     assert max_lengths(mask[:3], 2.0, 10, 11).tolist() == [11, 11, 11]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_n_best_holds_only_reachable_hypotheses(arch):
+    """Target vocabulary of 5 (one real token besides UNK), one output token at most: three outputs exist
+    ([], [3], [4]); beam 5 used to fill its list with -inf junk (two tokens, BOS, repeats). With no token
+    allowed, only the empty output."""
+    model = tiny_model(arch, tgt_vocab_size=5)
+    src = torch.tensor([[5, 6, 7]])
+    for limit, expected in ((1, [[], [3], [4]]), (0, [[]])):
+        hyps = generate(model, src, src != PAD, torch.tensor([limit]), beam=5, n_best=5)[0]
+        assert sorted(h.tokens for h in hyps) == expected, hyps
+        assert all(h.score > float("-inf") for h in hyps)
+        scores = score_targets(model, src.expand(len(hyps), -1), src.expand(len(hyps), -1) != PAD,
+                               torch.tensor([[BOS, *h.tokens, EOS] + [PAD] * (limit - len(h.tokens)) for h in hyps]))  # fmt: skip
+        assert scores.tolist() == pytest.approx([h.score for h in hyps], abs=1e-4)

@@ -72,6 +72,9 @@ class Seq2SeqRun:
     def search_config(self, **overrides: Any) -> SearchConfig:
         """The run's search settings with ``overrides`` (None = keep the run's), validated."""
         given = {k: v for k, v in overrides.items() if v is not None}
+        if "n_best" in given and "beam" not in given and not given.get("sample", self.config.search.sample):
+            # n hypotheses need a beam of at least n; a wider beam of the run's stays (same best output)
+            given["beam"] = max(given["n_best"], self.config.search.beam)
         s = replace(self.config.search, **given)
         s.validate()
         unused = [k for k in SAMPLING_ONLY if k in given]

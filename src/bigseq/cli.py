@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
         "is read, in order (default: 1 when stdin is a terminal, else 1024 or the batch size if larger; 0 = "
         "all of stdin). Sampling uses --seed + k for the k-th buffer, so it repeats with the same buffer size",
     )  # fmt: skip
+    g.add_argument(
+        "--format", choices=["text", "jsonl"], default="text",
+        help="text: the output (N best: tab-separated), with newlines and tabs inside it written as \\n and "
+        "\\t; jsonl: {\"hypotheses\": [{\"text\", \"log_prob\"}, ...]} per input, the texts exact",
+    )  # fmt: skip
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     e = sub.add_parser("evaluate", help="print a JSON object of metrics on a test set")
@@ -258,8 +263,6 @@ def _search_overrides(args: argparse.Namespace) -> dict:
         "no_repeat_ngram",
     ]
     out = {k: getattr(args, k, None) for k in keys}
-    if out["n_best"] and not out["beam"] and not getattr(args, "sample", False):
-        out["beam"] = out["n_best"]  # asking for n hypotheses implies searching for at least n
     if getattr(args, "sample", False):
         out["sample"] = True
     return out
@@ -299,8 +302,17 @@ def _generate(args: argparse.Namespace) -> None:
         for k, lines in enumerate(read_buffers(getattr(sys.stdin, "buffer", sys.stdin), size)):
             seed = None if args.seed is None else args.seed + k
             for hyps in run.generate_n_best(lines, seed=seed, progress=bar, **search):
-                sys.stdout.write("\t".join(text for text, _ in hyps) + "\n")
+                sys.stdout.write(_output_line(hyps, args.format) + "\n")
             sys.stdout.flush()
+
+
+def _output_line(hyps: list[tuple[str, float]], form: str) -> str:
+    """One input's outputs as one line. ``text``: the hypotheses tab-separated, a newline, carriage return or
+    tab inside one written as ``\\n``, ``\\r``, ``\\t`` (a model with such tokens, e.g. byte-level BPE, can
+    emit them; the line count must stay the input count). ``jsonl``: exact texts with their log-probabilities."""
+    if form == "jsonl":
+        return json.dumps({"hypotheses": [{"text": t, "log_prob": lp} for t, lp in hyps]}, ensure_ascii=False)
+    return "\t".join(t.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") for t, _ in hyps)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

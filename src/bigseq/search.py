@@ -50,7 +50,8 @@ def generate(
     no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses
-    (with ``sample``: ``n_best`` independent samples, the likeliest first).
+    (with ``sample``: ``n_best`` independent samples, the likeliest first); fewer where the length limit or
+    the vocabulary allows fewer distinct outputs than that.
     ``no_repeat_ngram`` n > 0: no output holds any n-gram (n consecutive tokens) twice (n = 1: no token
     twice), as fairseq's ``--no-repeat-ngram-size``; the cure for the loops a weak model's beam falls
     into ("be be be be"). Scores stay the model's log-probabilities of the tokens chosen."""
@@ -237,15 +238,15 @@ def _beam(
             break
         cache = cache.reorder(rows)
     norm = scores.view(-1) / lengths.clamp(min=1) ** length_penalty
+    flat = scores.view(-1).tolist()
     out = []
     for i in range(b):
-        order = norm[i * k : (i + 1) * k].argsort(descending=True, stable=True)[:n_best]
-        out.append(
-            [
-                Hypothesis(_finish(tokens[i * k + j, 1:]), float(scores.view(-1)[i * k + j].detach()))
-                for j in order
-            ]
-        )
+        order = norm[i * k : (i + 1) * k].argsort(descending=True, stable=True).tolist()
+        # Beams that never held a real hypothesis (fewer outputs reachable than beams: a short length limit,
+        # a tiny vocabulary) score -inf and hold junk (past the limit, repeated, BOS): they are not returned,
+        # so an n-best list can be shorter than n_best.
+        real = [j for j in order if flat[i * k + j] > float("-inf")][:n_best] or order[:1]
+        out.append([Hypothesis(_finish(tokens[i * k + j, 1:]), flat[i * k + j]) for j in real])
     return out
 
 

@@ -129,7 +129,21 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     # order, whatever the batching (char tokens: the text re-encodes to the tokens generated); a budget of 1
     # token puts every pair in a batch of its own, 20 groups pairs of similar length
     # (an empty source too: every path encodes it as one unknown token)
+    # --format jsonl: each input's hypotheses with their log-probabilities, the texts as generate_n_best gives
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--beam", "3", "--n-best", "2", "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     loaded = api.load(run)
+    assert [[(h["text"], h["log_prob"]) for h in r["hypotheses"]] for r in rows] == [
+        [(t, pytest.approx(lp, abs=1e-5)) for t, lp in hyps]
+        for hyps in loaded.generate_n_best(inputs, beam=3, n_best=2)
+    ]
+    # n_best alone widens the beam to n at least, but never narrows the run's own wider beam
+    run_beam = loaded.config.search.beam
+    assert loaded.search_config(n_best=3).beam == max(3, run_beam)
+    loaded.config.search.beam = 5
+    assert loaded.search_config(n_best=2).beam == 5 and loaded.search_config(n_best=2, beam=2).beam == 2
+    loaded.config.search.beam = run_beam
     sources = ["abcdef", "hgf", "dcbaabcd", "x", "abcdef", ""]
     best = [h[0] for h in loaded.generate_n_best(sources, beam=1)]
     for batch_tokens in (1, 20, 8192):
@@ -378,3 +392,16 @@ def test_output_paths_are_checked_before_any_work(reversing_run, tmp_path, capsy
     assert f"{valid} is a file, not a folder" in capsys.readouterr().err
     assert main(["plot", str(run), "--out", str(tmp_path)]) == 2
     assert "is a directory; give a file name for the plot" in capsys.readouterr().err
+
+
+def test_generate_keeps_one_line_per_input_whatever_the_output_holds():
+    """A byte-level BPE model can emit newline and tab tokens: in text format they are escaped, so the
+    output stays one line per input and its columns stay the n-best; jsonl keeps the texts exact."""
+    from bigseq.cli import _output_line
+
+    hyps = [("two\nlines", -1.0), ("a\ttab\r", -2.5)]
+    assert _output_line(hyps, "text") == "two\\nlines\ta\\ttab\\r"
+    assert json.loads(_output_line(hyps, "jsonl")) == {
+        "hypotheses": [{"text": "two\nlines", "log_prob": -1.0}, {"text": "a\ttab\r", "log_prob": -2.5}]
+    }
+    assert "\n" not in _output_line(hyps, "jsonl")
