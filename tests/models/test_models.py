@@ -139,6 +139,25 @@ def test_gru_without_attention_is_the_documents_model_conditioned_on_the_encoder
     other = torch.randint(4, 23, src.shape)
     # the decoder reads the encoder (through its initial state): a different source changes the outputs
     assert not torch.allclose(model(src, mask, tgt), model(other, mask, tgt))
+    # every parameter gets a gradient (DDP refuses unused ones: the memory projection was one)
+    model.train()
+    model(src, mask, tgt).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_gru_without_attention_loads_weights_saved_with_the_unused_memory_projection(tmp_path):
+    from safetensors.torch import save_file
+
+    from bigseq.train.checkpoint import load_weights
+
+    model = tiny_model("gru", attention=False)
+    old = {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied: saved once
+    old |= {"mem_proj.weight": torch.zeros(32, 64), "mem_proj.bias": torch.zeros(32)}  # as older runs held
+    save_file(old, tmp_path / "old.safetensors")
+    fresh = tiny_model("gru", attention=False)
+    torch.nn.init.zeros_(fresh.bridge.weight)
+    load_weights(fresh, tmp_path / "old.safetensors")
+    assert torch.equal(fresh.bridge.weight, model.bridge.weight)
 
 
 def test_learned_positions_and_too_long_input():

@@ -58,7 +58,9 @@ class GRUSeq2Seq(nn.Module):
         self.encoder = nn.GRU(
             d, d, cfg.enc_layers, batch_first=True, bidirectional=cfg.bidirectional, dropout=drop_between
         )
-        self.mem_proj = nn.Linear(dirs * d, d)
+        # The memory is projected for attention only: without it the layer would get no gradient, which DDP
+        # refuses ("parameters that were not used in producing loss").
+        self.mem_proj = nn.Linear(dirs * d, d) if cfg.attention else None
         self.bridge = nn.Linear(dirs * d, d)  # W_b
         drop_between = cfg.dropout if cfg.dec_layers > 1 else 0.0
         self.decoder = nn.GRU(d, d, cfg.dec_layers, batch_first=True, dropout=drop_between)
@@ -71,16 +73,19 @@ class GRUSeq2Seq(nn.Module):
         self.lm_head = nn.Linear(d, cfg.tgt_vocab_size)  # W_y, b_y
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tgt_embed.weight
+        if not cfg.attention:
+            self.register_load_state_dict_pre_hook(_drop_unused_mem_proj)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        """src: (B, S) ids; src_mask: (B, S) bool -> Memory: states (B, S, D); extra h0 (B, L_dec, D)."""
+        """src: (B, S) ids; src_mask: (B, S) bool -> Memory: states (B, S, D) (without attention, unused:
+        the encoder's outputs, (B, S, k*D)); extra h0 (B, L_dec, D)."""
         e = self.drop(self.src_embed(src) + self.src_bias)
         lengths = src_mask.sum(1).clamp(min=1).cpu()
         # Packing makes padding invisible to the recurrence: an input gets the same states in any batch.
         packed = pack_padded_sequence(e, lengths, batch_first=True, enforce_sorted=False)
         out, h_n = self.encoder(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
-        states = self.mem_proj(out)
+        states = out if self.mem_proj is None else self.mem_proj(out)  # (B, S, k*D) without attention
         dirs = 2 if self.config.bidirectional else 1
         top = h_n.view(self.config.enc_layers, dirs, src.shape[0], -1)[-1]  # (dirs, B, D)
         h0 = torch.tanh(self.bridge(torch.cat(list(top), dim=-1)))  # (B, D)
@@ -119,21 +124,28 @@ class GRUSeq2Seq(nn.Module):
         directions, V = target vocabulary, L_e / L_d layers::
 
             encoder GRU   b*s*k*(3*d*d + 3*d*d + (L_e - 1)*(3*d*k*d + 3*d*d))   input and hidden gates
-            memory        b*s*k*d*d (+ b*s*d*d keys)     projection of the states (and attention keys)
             bridge        b*k*d*d                        first decoder state
             decoder GRU   b*t*L_d*6*d*d
-            attention     b*t*(d*d + 2*s*d + 2*d*d)      query; scores and context; combine
+            memory        b*s*k*d*d + b*s*d*d            (attention only) the states' projection; the keys
+            attention     b*t*(d*d + 2*s*d + 2*d*d)      (attention only) query; scores and context; combine
             head          b*t*d*V
         """
         c = self.config
         d, k = c.d_model, 2 if c.bidirectional else 1
         enc = b * s * k * (6 * d * d + (c.enc_layers - 1) * (3 * d * k * d + 3 * d * d))
-        macs = enc + b * s * k * d * d + b * k * d * d + b * t * c.dec_layers * 6 * d * d
+        macs = enc + b * k * d * d + b * t * c.dec_layers * 6 * d * d
         if c.attention:
-            macs += b * s * d * d + b * t * (3 * d * d + 2 * s * d)
+            macs += b * s * k * d * d + b * s * d * d + b * t * (3 * d * d + 2 * s * d)
         return macs + b * t * d * c.tgt_vocab_size
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing. src: (B, S); src_mask: (B, S) bool; tgt_in: (B, T) -> logits (B, T, V)."""
         logits, _ = self.decode(tgt_in, self.encode(src, src_mask))
         return logits
+
+
+def _drop_unused_mem_proj(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Weights saved before a GRU without attention dropped ``mem_proj`` hold it (never used, so never
+    trained): they still load."""
+    for key in [k for k in state_dict if k.startswith(f"{prefix}mem_proj.")]:
+        del state_dict[key]
