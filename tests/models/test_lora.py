@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bigseq.models.lora import add_lora, freeze, has_lora, lora_targets, merged, trainable_parameters
+from bigseq.models.lora import LoRA, add_lora, freeze, has_lora, lora_targets, merged, trainable_parameters
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import save_weights
 from helpers import tiny_model
@@ -44,6 +44,14 @@ def test_adapters_start_as_identity_then_merge_exactly(arch, tmp_path):
     fresh = tiny_model(arch)
     fresh.load_state_dict(plain.state_dict())
     torch.testing.assert_close(fresh(src, mask, tgt), adapted, rtol=1e-4, atol=1e-5)
+    # The merged copy keeps the model's dtype (and device: a CUDA run's merged weights were validated on
+    # the CPU in fp32)
+    # every adapter is scaled by alpha / rank, also where a layer is narrower than the rank (GRU: att_v, d -> 1)
+    scales = {m.scale for m in model.modules() if isinstance(m, LoRA)}
+    assert scales == {8.0 / 4}, scales
+    wide = merged(model.double())
+    assert {p.dtype for p in wide.parameters()} == {torch.float64}
+    assert {p.device for p in wide.parameters()} == {next(model.parameters()).device}
 
 
 def test_merge_does_not_touch_the_global_rng():

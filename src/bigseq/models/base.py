@@ -104,10 +104,16 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 def model_with_state(cfg: ModelConfig, state: dict[str, Tensor]) -> nn.Module:
-    """A model of ``cfg`` holding ``state`` (a full state dict). Its throwaway random initialisation runs
-    inside ``fork_rng``, so building it leaves the global RNG as it was (an exact resume depends on it)."""
+    """A model of ``cfg`` holding ``state`` (a full state dict), on its device, in its float dtype. Its
+    throwaway random initialisation runs inside ``fork_rng``, so building it leaves the global RNG as it was
+    (an exact resume depends on it)."""
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg)
+    # On the state's device and in its float dtype: a merged LoRA model of a CUDA run was validated on the
+    # CPU in fp32 otherwise.
+    like = next((v for v in state.values() if v.is_floating_point()), None)
+    if like is not None:
+        model = model.to(device=like.device, dtype=like.dtype)
     model.load_state_dict(state)
     return model
 

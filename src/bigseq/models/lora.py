@@ -20,14 +20,14 @@ from bigseq.models.base import model_with_state
 
 
 class LoRA(nn.Module):
-    """Parametrization ``W -> W + scale * B @ A`` of a weight of shape (out, in)."""
+    """Parametrization ``W -> W + scale * B @ A`` of a weight of shape (out, in); A: (rank, in), B: (out, rank)."""
 
-    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float) -> None:
+    def __init__(self, out_features: int, in_features: int, rank: int, scale: float) -> None:
         super().__init__()
         self.A = nn.Parameter(torch.empty(rank, in_features))
         self.B = nn.Parameter(torch.zeros(out_features, rank))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its weight
-        self.scale = alpha / rank
+        self.scale = scale
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight + self.scale * (self.B @ self.A)
@@ -72,8 +72,10 @@ def add_lora(model: nn.Module, rank: int, alpha: float, frozen: list[str] = ()) 
     for name in names:
         layer = modules[name]
         out_f, in_f = layer.weight.shape
+        # A layer narrower than the rank gets adapters of its width, at the same alpha / rank as the others
+        # (alpha / its width made e.g. the GRU's attention v, d -> 1, learn rank times faster).
         parametrize.register_parametrization(
-            layer, "weight", LoRA(out_f, in_f, min(rank, out_f, in_f), alpha)
+            layer, "weight", LoRA(out_f, in_f, min(rank, out_f, in_f), alpha / rank)
         )
     return names
 
