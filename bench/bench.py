@@ -961,6 +961,28 @@ def _ratio(r: dict[str, Any]) -> str:
     return f"{r['ratio']:.2f} ({lo:.2f}-{hi:.2f})"
 
 
+# Ours against CTranslate2 at equal precision: (our generation rows, the CT2 rows) of each comparison.
+VERSUS_CT2 = {"fp32": (("greedy", "ct2_greedy"), ("beam", "ct2_beam")),
+              "int8": (("greedy_int8", "ct2_int8_greedy"), ("beam_int8", "ct2_int8_beam"))}  # fmt: skip
+
+
+def versus_ct2(res: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Ours / CTranslate2 at equal precision, per row (e.g. ``{"int8": {"greedy b16": 1.08, ...}}``): the
+    ratio of each side's median speed-up over the transformers run paired with it. The two were never timed
+    side by side (CT2 runs in a process of its own, paired with transformers), and the transformers side ran at
+    different speeds in the two sections (a busy or drifting machine; 2,327 against 2,977 greedy b16 tokens/s in
+    one run): dividing absolute tokens/s across the sections mixes that drift in, this cancels it."""
+    out: dict[str, dict[str, float]] = {}
+    for precision, pairs in VERSUS_CT2.items():
+        for ours_key, ct2_key in pairs:
+            kind = "greedy" if ours_key.startswith("greedy") else f"beam {res['beam_width']}"
+            for name, r in res.get(ours_key, {}).items():
+                c = res.get(ct2_key, {}).get(name)
+                if c:
+                    out.setdefault(precision, {})[f"{kind} {name}"] = r["ratio"] / c["ratio"]
+    return out
+
+
 def _ct2_markdown(res: dict[str, Any]) -> list[str]:
     c = res["ct2"]
     if not c["installed"]:
@@ -993,6 +1015,17 @@ def _ct2_markdown(res: dict[str, Any]) -> list[str]:
         f"teacher-forced log-probabilities max |diff| {ck['logprob_max_abs_diff']['ct2']:.2g} (fp32), "
         f"{ck['logprob_max_abs_diff']['ct2_int8']:.2g} (int8).",
     ]
+    vs = res.get("ours_vs_ct2", {})
+    if vs:
+        lines += [
+            "",
+            "Ours / CTranslate2 at equal precision (each side's speed-up over the transformers run paired with "
+            "it: the two were not timed side by side): "
+            + "; ".join(
+                f"{prec} " + ", ".join(f"{row} {v:.2f}" for row, v in rows.items())
+                for prec, rows in vs.items()
+            ),
+        ]
     return lines
 
 
@@ -1243,6 +1276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:  # the worker process and its temporary directory go even if a section fails
             if worker:
                 worker.close()
+        res["ours_vs_ct2"] = versus_ct2(res)
     del hf
     if "memory" in sections:
         res["memory"] = section_memory(args)

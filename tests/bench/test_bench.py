@@ -120,6 +120,21 @@ def test_tiny_preset_ctranslate2(tiny_run):
                 and _positive_finite(row["hf"])
                 and _positive_finite(row["ratio"])
             )
+    # ours / CT2 at equal precision: the ratio of the two sides' speed-ups over their own transformers runs
+    vs = data["ours_vs_ct2"]
+    assert sorted(vs) == ["fp32", "int8"] and sorted(vs["int8"]) == [
+        "beam 5 b1",
+        "beam 5 b2",
+        "greedy b1",
+        "greedy b2",
+    ]
+    assert vs["int8"]["greedy b2"] == pytest.approx(
+        data["greedy_int8"]["b2"]["ratio"] / data["ct2_int8_greedy"]["b2"]["ratio"]
+    )
+    assert vs["fp32"]["beam 5 b1"] == pytest.approx(
+        data["beam"]["b1"]["ratio"] / data["ct2_beam"]["b1"]["ratio"]
+    )
+    assert "Ours / CTranslate2 at equal precision" in res.stdout
     check = data["ct2"]["check"]
     # The strict test: teacher-forced log-probabilities of a random target equal transformers' (fp32).
     assert check["logprob_max_abs_diff"]["ct2"] <= 1e-4, check
