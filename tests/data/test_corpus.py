@@ -208,6 +208,19 @@ def test_does_not_overwrite_a_foreign_directory(tmp_path, tok):
     with pytest.raises(BigseqError, match="not empty"):
         build_shards(files, tok, out)
     assert (out / "notes.txt").read_text() == "keep me"
+    # another tool's index.json, a file of the user's beside our shards, a file at the path: all kept
+    write(out / "index.json", '{"pages": [1, 2]}')
+    with pytest.raises(BigseqError, match="not a bigseq shard index"):
+        build_shards(files, tok, out)
+    shards = tmp_path / "shards"
+    build_shards(files, tok, shards)
+    write(shards / "important.csv", "a,b")
+    with pytest.raises(BigseqError, match=r"holds files that are not its shards \(important.csv\)"):
+        build_shards(files[:1], tok, shards)  # another corpus: would replace the set
+    assert (shards / "important.csv").read_text() == "a,b" and (out / "notes.txt").exists()
+    with pytest.raises(BigseqError, match="is a file, not a directory"):
+        build_shards(files, tok, out / "notes.txt")
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_large_vocabulary_uses_uint32(tmp_path):

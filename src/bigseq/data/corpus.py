@@ -233,11 +233,15 @@ def build_shards(
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     params = {"format": FORMAT, "version": VERSION, "shard_tokens": shard_tokens, "dtype": dtype.name}
 
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BigseqError(f"{out_dir}: is a file, not a directory for shards; choose another directory")
     if (out_dir / INDEX_FILE).is_file():
+        # Only a shard set of ours is replaced, and only if it holds nothing else: others' files stay.
+        _check_only_shards(out_dir)
         try:
             existing = ShardSet(out_dir, reused=True)
         except (BigseqError, KeyError, TypeError, OSError, ValueError):
-            existing = None  # damaged or foreign: rebuild
+            existing = None  # ours but damaged (a shard missing or cut short): rebuild
         if existing is not None:
             digests = [_sha256_file(f) for f in files]
             if existing.fingerprint == _fingerprint(params, tok_json, files, digests):
@@ -309,6 +313,29 @@ def _sha256_file(path: Path) -> str:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_only_shards(out_dir: Path) -> None:
+    """Raise BigseqError unless ``out_dir`` holds a shard index of ours and only the files it names."""
+    index_path = out_dir / INDEX_FILE
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise BigseqError(
+            f"{index_path}: not a bigseq shard index, so the directory is not replaced; choose another directory"
+        )
+    own = {INDEX_FILE}
+    for entry in index.get("shards") or []:
+        if isinstance(entry, dict):
+            own |= {str(entry.get(k)) for k in ("file", "offsets", "documents")}
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in own)
+    if others:
+        raise BigseqError(
+            f"{out_dir}: holds files that are not its shards ({', '.join(others[:3])}"
+            f"{', ...' if len(others) > 3 else ''}), so it is not replaced; choose another directory"
+        )
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
