@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from bigseq import metrics as metrics_mod
 from bigseq import speed
-from bigseq.config import Config, ModelConfig, SearchConfig
+from bigseq.config import Config, DataConfig, ModelConfig, SearchConfig
 from bigseq.data.batching import PairSet, encode_pairs
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective, check_window
@@ -41,7 +41,7 @@ from bigseq.models.base import build_model, count_parameters
 from bigseq.models.lora import add_lora, freeze, merged, trainable_parameters
 from bigseq.models.wise import init_state, mix_with_init
 from bigseq.search import score_targets
-from bigseq.tokenizer import Tokenizer, TokenizerPair, build_tokenizers
+from bigseq.tokenizer import TARGET_TOKENIZER_FILE, TOKENIZER_FILE, Tokenizer, TokenizerPair, build_tokenizers
 from bigseq.train.checkpoint import (
     STATE_DIR,
     STATE_FILE,
@@ -56,6 +56,13 @@ from bigseq.train.loop import TENSORBOARD_DIR, EpochData, Summary, Validate, fit
 CONFIG_FILE = "config.yaml"
 # Search settings that only sampling reads: given without it, they are refused rather than ignored.
 SAMPLING_ONLY = ("temperature", "top_k", "top_p")
+
+
+def _texts(texts: Sequence[str], what: str) -> list[str]:
+    """``texts`` as a list; one string is refused (iterated, it would be one input per character)."""
+    if isinstance(texts, str):
+        raise TypeError(f"{what}: a list of strings, got one string (pass [text] for a single input)")
+    return list(texts)
 
 
 class Seq2SeqRun:
@@ -91,7 +98,7 @@ class Seq2SeqRun:
         return translate(
             self.model,
             self.tokenizers,
-            list(sources),
+            _texts(sources, "sources"),
             self.search_config(**search),
             self.config.data.max_src_len,
             seed,
@@ -111,7 +118,8 @@ class Seq2SeqRun:
         ``data.max_src_len`` / ``max_tgt_len`` are cut to them, as in training."""
         if batch_tokens < 1:
             raise ConfigError(f"batch_tokens must be >= 1, got {batch_tokens}")
-        examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(zip(sources, targets, strict=True))]
+        pairs = zip(_texts(sources, "sources"), _texts(targets, "targets"), strict=True)
+        examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(pairs)]
         d = self.config.data
         data = encode_pairs(examples, self.tokenizers, d.max_src_len, d.max_tgt_len, all_references=False)
         out = [0.0] * len(data)
@@ -255,16 +263,40 @@ NOTICES = ("data:", "resume:", "run:")
 
 
 def _new_run_dir(out: Path, log: Any) -> None:
-    """Make ``out`` for a new run. One that holds weights or a train state is refused (nothing is lost); one
-    whose run stopped before its first checkpoint (a config and tokenizer, nothing trained: a data error, a
-    kill, Ctrl-C before the first save) is started again, or it could be neither resumed nor reused."""
+    """Make ``out`` for a new run: a new or empty directory. One that holds weights or a train state is
+    refused (nothing is lost); one whose run stopped before its first checkpoint (a config and tokenizer,
+    nothing trained: a data error, a kill, Ctrl-C before the first save) is started again, or it could be
+    neither resumed nor reused. A file, or a directory holding anything a run does not write, is refused:
+    starting a run there would overwrite or delete the user's files (config.yaml, metrics.jsonl, ...)."""
+    if out.exists() and not out.is_dir():
+        raise BigseqError(f"{out}: is a file; --out names a directory for the run")
     if (out / WEIGHTS_FILE).exists() or (out / STATE_DIR / STATE_FILE).exists():
         raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if not _written_by_runs(p.name))
+        if others:
+            raise BigseqError(
+                f"{out}: holds files that are not a run's ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}); --out names a new or empty directory"
+            )
     if (out / CONFIG_FILE).exists():
         log(f"run: {out} stopped before any checkpoint (no weights, no train state); starting it again")
         shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)  # its curve would be drawn under the new one
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a parent directory should be
+        raise BigseqError(f"{out}: cannot make the run directory ({e.strerror})") from None
     (out / "metrics.jsonl").unlink(missing_ok=True)
+
+
+# What a run directory holds: the names bigseq writes there. Hidden files pass too (atomic_write's temporary
+# .NAME.*.tmp files; a file manager's .DS_Store): a run never overwrites one of someone else's.
+RUN_ENTRIES = {CONFIG_FILE, TOKENIZER_FILE, TARGET_TOKENIZER_FILE, WEIGHTS_FILE, STATE_DIR, TENSORBOARD_DIR,
+               "metrics.jsonl", "summary.json", "snapshots", "shards", "curves.png"}  # fmt: skip
+
+
+def _written_by_runs(name: str) -> bool:
+    return name in RUN_ENTRIES or name.startswith(".")
 
 
 # The train settings a resumed run keeps from the run, whatever the command says, and why. The batch order:
@@ -275,6 +307,7 @@ KEPT_ON_RESUME = {
     "length_grid": "it fixes the batch order",
     "seed": "it fixes the batch order",
     "metric": "the best weights so far were chosen by it",
+    "wise_alpha": "the weights published so far were mixed by it (and config.yaml says so)",
 }
 
 
@@ -319,9 +352,21 @@ def _quiet_unless_main(world: World, log: Any) -> Any:
     return log if world.is_main else (lambda *a, **k: None)
 
 
-def _use_labels(cfg: Config, train_ex: Sequence[Example], log: Any) -> None:
-    """Record a closed label set found in the training targets; classification metrics then apply."""
-    if not cfg.data.labels:
+def _use_labels(cfg: Config, train_ex: Sequence[Example], train_path: str | Path, log: Any) -> None:
+    """Record a closed label set found in the training targets; classification metrics then apply. A set
+    given (``data.labels``, e.g. kept in a reused config.yaml) must hold every training target: decoding is
+    constrained to it, so a class outside it could never be answered."""
+    if cfg.data.labels:
+        names = set(cfg.data.labels)
+        outside = [(e, t) for e in train_ex for t in e.targets if t.strip() not in names]
+        if outside:
+            e, t = outside[0]
+            raise ConfigError(
+                f"{train_path}:{e.line}: target {t!r} is not in data.labels ({', '.join(cfg.data.labels[:8])}"
+                f"{', ...' if len(names) > 8 else ''}; {len(outside)} training target(s) outside it): name "
+                "every class, or leave data.labels empty to take the set from the training targets"
+            )
+    else:
         cfg.data.labels = closed_label_set(train_ex)
     if not cfg.data.labels:
         if cfg.train.metric not in ("loss", *cfg.metrics):
@@ -389,7 +434,10 @@ def train(
     _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
     # first: the saved data settings say how to read the data
-    cfg = _resumed(cfg, out, log) if resume else cfg
+    if resume:
+        cfg = _resumed(cfg, out, log)
+    else:
+        _no_init(cfg, log)
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
     if not resume and world.is_main:
         _new_run_dir(out, log)
@@ -407,7 +455,7 @@ def train(
             f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
         cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = toks.src.vocab_size, toks.tgt.vocab_size
         cfg.model.shared_vocab = d.shared_vocab
-        _use_labels(cfg, train_ex, log)
+        _use_labels(cfg, train_ex, train_path, log)
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
@@ -493,11 +541,19 @@ def finetune(
         init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
         _new_run_dir(out, log)
         cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
-        for key in ("src_tokenizer", "tgt_tokenizer", "vocab_size", "shared_vocab"):
-            setattr(cfg.data, key, getattr(init_cfg.data, key))
+        for key in TOKENIZER_KEYS:  # the init run's tokenizer, which its weights were trained with
+            asked, theirs = getattr(cfg.data, key), getattr(init_cfg.data, key)
+            if asked not in (
+                getattr(DataConfig(), key),
+                theirs,
+            ):  # as for the model keys: not ignored silently
+                raise ConfigError(
+                    f"data.{key}={asked}: fine-tuning keeps the tokenizer of {init} (data.{key}={theirs})"
+                )
+            setattr(cfg.data, key, theirs)
         cfg.train.init = None if from_scratch else str(init.resolve())
         cfg.train.init_sha256 = init_sha256
-        _use_labels(cfg, train_ex, log)
+        _use_labels(cfg, train_ex, train_path, log)
         cfg.validate()
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
@@ -525,6 +581,15 @@ def _export(cfg: Config, log: Any) -> Any:
     return lambda model: mix_with_init(merged(model), start, alpha)
 
 
+def _no_init(cfg: Config, log: Any) -> None:
+    """A run of ``train`` / ``pretrain`` starts from random weights: a ``train.init`` (and its digest) carried
+    in from a reused config.yaml would claim an init run it never had (and let --wise-alpha mix one in)."""
+    if cfg.train.init is not None or cfg.train.init_sha256 is not None:
+        log(f"run: train.init={cfg.train.init} of the config dropped: this run starts from random weights "
+            "(bigseq finetune --init RUN_DIR starts from a run)")  # fmt: skip
+    cfg.train.init = cfg.train.init_sha256 = None
+
+
 def _check_wise(cfg: Config, has_init: bool) -> None:
     """Refuse ``train.wise_alpha`` < 1 for a run without init weights, before anything is written."""
     if cfg.train.wise_alpha < 1.0 and not has_init:
@@ -534,6 +599,9 @@ def _check_wise(cfg: Config, has_init: bool) -> None:
             "of bigseq finetune --init RUN_DIR (not --from-scratch)"
         )
 
+
+# The data keys of the tokenizer: a fine-tuning run has its init run's.
+TOKENIZER_KEYS = ("src_tokenizer", "tgt_tokenizer", "vocab_size", "shared_vocab")
 
 # What a fine-tuning run may change in the model section: regularisation, not the shapes of the weights.
 FINETUNE_MODEL_KEYS = ("dropout", "attn_dropout")
@@ -600,6 +668,7 @@ def pretrain(
     if resume:
         cfg = _resumed(cfg, out, log)
     else:  # shapes the corpus cannot change: refused before the tokenizer is trained
+        _no_init(cfg, log)
         p = cfg.pretrain
         if p.window_tokens + 2 > cfg.model.max_positions:
             raise ConfigError(

@@ -199,6 +199,26 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - returns bigseq.config.C
     return cfg.validate()
 
 
+# The config sections that define a run: a resumed run keeps its own (bigseq.api._saved), whatever is asked.
+FIXED_ON_RESUME = ("model", "data", "pretrain", "metrics")
+
+
+def _unused_on_resume(args: argparse.Namespace) -> list[str]:
+    """What the command line asks of the sections a resumed run keeps from its config.yaml (so not used)."""
+    from bigseq.config import read_yaml
+
+    if not args.resume:
+        return []
+    unused = [f"--{flag}" for flag in ("arch", "objective") if getattr(args, flag, None)]
+    if getattr(args, "preset", None):
+        unused.append(f"--preset {args.preset}'s model settings")
+    if args.config and any(section in read_yaml(args.config) for section in FIXED_ON_RESUME):
+        unused.append(f"the model / data settings of {args.config}")
+    keys = (kv.split("=", 1)[0].strip() for kv in args.set or [])
+    unused += [k for k in keys if k.split(".", 1)[0] in FIXED_ON_RESUME]
+    return unused
+
+
 def _log(args: argparse.Namespace):  # noqa: ANN202
     from bigseq.api import NOTICES
 
@@ -206,6 +226,10 @@ def _log(args: argparse.Namespace):  # noqa: ANN202
         if not args.quiet or msg.startswith(NOTICES):  # --quiet keeps what changed the data or settings
             print(msg, file=sys.stderr)
 
+    unused = _unused_on_resume(args) if hasattr(args, "resume") else []
+    if unused and os.environ.get("RANK", "0") == "0":
+        say(f"resume: not used, the run keeps its own model, data and pretraining settings (config.yaml): "
+            f"{', '.join(unused)}")  # fmt: skip
     return say
 
 

@@ -159,6 +159,8 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     capsys.readouterr()
     assert main(["generate", str(run), "--sample", "--n-best", "2", "--seed", "1"]) == 0
     assert [len(r.split("\t")) for r in capsys.readouterr().out.splitlines()] == [2] * len(inputs)
+    with pytest.raises(TypeError, match="got one string"):  # not one input per character
+        loaded.generate("abc")
     with pytest.raises(ConfigError, match="batch_tokens must be >= 1"):
         loaded.score(sources, sources, batch_tokens=0)
     assert loaded.score(["abc"], ["cba"])[0] > loaded.score(["abc"], ["abc"])[0]
@@ -405,3 +407,22 @@ def test_generate_keeps_one_line_per_input_whatever_the_output_holds():
         "hypotheses": [{"text": "two\nlines", "log_prob": -1.0}, {"text": "a\ttab\r", "log_prob": -2.5}]
     }
     assert "\n" not in _output_line(hyps, "jsonl")
+
+
+def test_resume_says_which_settings_it_does_not_use(tmp_path):
+    """A resumed run keeps its model, data and pretraining settings: asking for others says so (a notice that
+    --quiet keeps), instead of silently training the old model."""
+    from bigseq.cli import _unused_on_resume, build_parser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  d_model: 64\ntrain:\n  lr: 0.001\n", encoding="utf-8")
+    base = ["train", "--train", "t.jsonl", "--valid", "v.jsonl", "--out", "run"]
+    asked = [*base, "--arch", "gru", "--preset", "tiny", "--config", str(config), "--set", "model.d_model=128",
+             "--set", "data.max_src_len=5", "--set", "train.lr=0.1", "--set", "metrics=[bleu]"]  # fmt: skip
+    parse = build_parser().parse_args
+    assert _unused_on_resume(parse([*asked, "--resume"])) == [
+        "--arch", "--preset tiny's model settings", f"the model / data settings of {config}",
+        "model.d_model", "data.max_src_len", "metrics",
+    ]  # fmt: skip
+    assert _unused_on_resume(parse(asked)) == []  # a new run uses them all
+    assert _unused_on_resume(parse([*base, "--resume", "--set", "train.max_steps=9"])) == []

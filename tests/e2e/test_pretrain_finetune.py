@@ -150,6 +150,26 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     assert (
         "model.d_model=96: fine-tuning keeps the architecture" in err and len(err.strip().splitlines()) == 1
     )
+    # so does the tokenizer: a tokenizer key is refused too, not silently replaced by the init run's
+    assert main([*args, "--out", str(tmp_path / "y"), "--set", "data.vocab_size=123"]) == 2
+    assert "data.vocab_size=123: fine-tuning keeps the tokenizer of" in capsys.readouterr().err
+    # a label set that leaves out training targets could never answer them: refused, naming file and line
+    assert main([*args, "--out", str(tmp_path / "y"), "--set", "data.labels=[up,down]"]) == 2
+    err = capsys.readouterr().err
+    assert f"{train}:1: target" in err and "is not in data.labels (up, down; 300 training target(s)" in err
+    # --out: a file, or a directory of the user's, is refused with one line, and nothing in it is touched
+    (tmp_path / "notes.txt").write_text("mine")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "data.csv"):
+        (mine / name).write_text(name)
+    for out, message in ((tmp_path / "notes.txt", "is a file"), (tmp_path / "notes.txt" / "run", "cannot make"),
+                         (mine, "holds files that are not a run's (data.csv)")):  # fmt: skip
+        assert main([*args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert all((mine / name).read_text() == name for name in ("config.yaml", "metrics.jsonl", "data.csv"))
 
 
 def test_finetune_may_set_dropout(pretrained, tmp_path):
@@ -194,6 +214,11 @@ def test_wise_finetune_validates_and_publishes_the_mixed_weights(pretrained, tmp
     assert "model.safetensors is already mixed" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--data", str(valid), "--wise-alpha", "0.5"]) == 2  # not fine-tuned
     assert "needs a fine-tuned run" in capsys.readouterr().err
+    # resumed with another --wise-alpha: the run's is kept (its published weights and config.yaml agree)
+    resume = [*args[:-4], "--set", "train.keep=last", "--set", "train.eval_every=20", "--max-steps", "21"]
+    assert main([*resume, "--resume", "--wise-alpha", "1"]) == 0
+    assert "keeping train.wise_alpha=0.25 of the run (asked for 1.0)" in capsys.readouterr().err
+    assert Config.load(out / "config.yaml").train.wise_alpha == 0.25
 
 
 def test_wise_needs_init_weights(pretrained, tmp_path, capsys):
@@ -240,6 +265,17 @@ def test_wise_refuses_init_weights_that_changed(pretrained, tmp_path, capsys):
     assert main([*evaluate, "--wise-alpha", "0.5"]) == 2
     assert "recorded " + before[:12] in capsys.readouterr().err
     assert main(evaluate) == 0  # the fine-tuned weights unmixed need no init weights
+    # `train --config` with this run's config.yaml starts from random weights: its train.init is dropped,
+    # so no one can mix an unrelated run into it later
+    capsys.readouterr()
+    again = ["train", "--config", str(out / "config.yaml"), "--train", str(train), "--valid", str(valid)]
+    assert (
+        main([*again, "--out", str(tmp_path / "t"), "--max-steps", "1", *FAST, "--set", "train.wise_alpha=1"])
+        == 0
+    )
+    assert "run: train.init=" in capsys.readouterr().err
+    saved = Config.load(tmp_path / "t" / "config.yaml").train
+    assert saved.init is None and saved.init_sha256 is None
 
 
 PRETRAIN_BLOCK = "<!-- pretrain-example -->"

@@ -240,12 +240,14 @@ class Objective:
         if name == "span" and not sentinel_ids:
             raise ConfigError(
                 f"objective 'span' needs the tokenizer's sentinel tokens {SENTINELS[0]}, {SENTINELS[1]}, ...; "
-                "train the tokenizer with extra_special_tokens=PRETRAIN_SPECIAL_TOKENS"
+                "this tokenizer lacks them: let pretraining train one (no --tokenizer), train yours with "
+                "extra_special_tokens=bigseq.data.objectives.PRETRAIN_SPECIAL_TOKENS, or use --objective prefix"
             )
         if name == "infill" and mask_id is None:
             raise ConfigError(
                 f"objective 'infill' needs the tokenizer's {MASK} token; "
-                "train the tokenizer with extra_special_tokens=PRETRAIN_SPECIAL_TOKENS"
+                "this tokenizer lacks them: let pretraining train one (no --tokenizer), train yours with "
+                "extra_special_tokens=bigseq.data.objectives.PRETRAIN_SPECIAL_TOKENS, or use --objective prefix"
             )
         return cls(name, sentinel_ids=tuple(sentinel_ids), mask_id=mask_id, **params)
 
