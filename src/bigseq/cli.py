@@ -7,6 +7,7 @@ exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bigseq.config import QUANTIZE_MODES
+from bigseq.config import PRESETS, QUANTIZE_MODES, Config, read_yaml
 from bigseq.errors import BigseqError, ConfigError
 
 if TYPE_CHECKING:  # the training loop is imported late (start-up time)
@@ -203,19 +204,35 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - returns bigseq.config.C
 FIXED_ON_RESUME = ("model", "data", "pretrain", "metrics")
 
 
-def _unused_on_resume(args: argparse.Namespace) -> list[str]:
-    """What the command line asks of the sections a resumed run keeps from its config.yaml (so not used)."""
-    from bigseq.config import read_yaml
-
-    if not args.resume:
+def _unused_on_resume(args: argparse.Namespace, asked: Config) -> list[str]:
+    """The settings of those sections that the command line names (--arch, --objective, --preset, --config,
+    --set) with another value than the run being resumed has: ``KEY=ASKED (the run's: VALUE)``. They are not
+    used; a command repeated with --resume names none."""
+    saved_path = args.out / "config.yaml"
+    if not args.resume or not saved_path.is_file():
         return []
-    unused = [f"--{flag}" for flag in ("arch", "objective") if getattr(args, flag, None)]
-    if getattr(args, "preset", None):
-        unused.append(f"--preset {args.preset}'s model settings")
-    if args.config and any(section in read_yaml(args.config) for section in FIXED_ON_RESUME):
-        unused.append(f"the model / data settings of {args.config}")
-    keys = (kv.split("=", 1)[0].strip() for kv in args.set or [])
-    unused += [k for k in keys if k.split(".", 1)[0] in FIXED_ON_RESUME]
+    named = [
+        key
+        for flag, key in (("arch", "model.arch"), ("objective", "pretrain.objective"))
+        if getattr(args, flag, None)
+    ]
+    for source in (
+        PRESETS.get(getattr(args, "preset", None) or "", {}),
+        read_yaml(args.config) if args.config else {},
+    ):
+        for section, values in source.items():
+            if section in FIXED_ON_RESUME:
+                named += [f"{section}.{k}" for k in values] if isinstance(values, dict) else [section]
+    named += [kv.split("=", 1)[0].strip() for kv in args.set or []]
+    saved, unused = Config.load(saved_path), []
+    for key in dict.fromkeys(k for k in named if k.split(".", 1)[0] in FIXED_ON_RESUME):
+        path = key.split(".")
+        try:
+            want, have = (functools.reduce(getattr, path, c) for c in (asked, saved))
+        except AttributeError:  # not a key of ours: build_config has said so already
+            continue
+        if want != have:
+            unused.append(f"{key}={want} (the run's: {have})")
     return unused
 
 
@@ -226,11 +243,18 @@ def _log(args: argparse.Namespace):  # noqa: ANN202
         if not args.quiet or msg.startswith(NOTICES):  # --quiet keeps what changed the data or settings
             print(msg, file=sys.stderr)
 
-    unused = _unused_on_resume(args) if hasattr(args, "resume") else []
-    if unused and os.environ.get("RANK", "0") == "0":
-        say(f"resume: not used, the run keeps its own model, data and pretraining settings (config.yaml): "
-            f"{', '.join(unused)}")  # fmt: skip
     return say
+
+
+def _run_config(args: argparse.Namespace, log: Callable[[str], None]) -> Config:
+    """``_config(args)`` for train / pretrain / finetune; with --resume, says which asked settings the run
+    does not use (a notice that --quiet keeps)."""
+    cfg = _config(args)
+    unused = _unused_on_resume(args, cfg)
+    if unused and os.environ.get("RANK", "0") == "0":
+        log(f"resume: not used, the run keeps its own model, data and pretraining settings (config.yaml): "
+            f"{', '.join(unused)}")  # fmt: skip
+    return cfg
 
 
 # A run stopped by a signal saved its checkpoint, but it did not finish: it exits as a shell reports a process
@@ -248,9 +272,10 @@ def _report(summary: Summary) -> int:
 def _train(args: argparse.Namespace) -> int:
     from bigseq import api
 
+    log = _log(args)
     summary = api.train(
-        _config(args), args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet,
-        log=_log(args),
+        _run_config(args, log), args.train, args.valid, args.out, resume=args.resume, progress=not args.quiet,
+        log=log,
     )  # fmt: skip
     return _report(summary)
 
@@ -258,8 +283,9 @@ def _train(args: argparse.Namespace) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     from bigseq import api
 
+    log = _log(args)
     summary = api.pretrain(
-        _config(args), args.text, args.out, resume=args.resume, progress=not args.quiet, log=_log(args),
+        _run_config(args, log), args.text, args.out, resume=args.resume, progress=not args.quiet, log=log,
         tokenizer=args.tokenizer, shards_dir=args.shards,
     )  # fmt: skip
     return _report(summary)
@@ -268,9 +294,10 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from bigseq import api
 
+    log = _log(args)
     summary = api.finetune(
-        _config(args), args.init, args.train, args.valid, args.out, resume=args.resume,
-        progress=not args.quiet, log=_log(args), from_scratch=args.from_scratch,
+        _run_config(args, log), args.init, args.train, args.valid, args.out, resume=args.resume,
+        progress=not args.quiet, log=log, from_scratch=args.from_scratch,
     )  # fmt: skip
     return _report(summary)
 

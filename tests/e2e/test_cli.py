@@ -410,19 +410,40 @@ def test_generate_keeps_one_line_per_input_whatever_the_output_holds():
 
 
 def test_resume_says_which_settings_it_does_not_use(tmp_path):
-    """A resumed run keeps its model, data and pretraining settings: asking for others says so (a notice that
-    --quiet keeps), instead of silently training the old model."""
-    from bigseq.cli import _unused_on_resume, build_parser
+    """A resumed run keeps its model, data and pretraining settings: asking for other values says so (a notice
+    that --quiet keeps), instead of silently training the old model; the same command again says nothing."""
+    from bigseq.cli import _config, _unused_on_resume, build_parser
+    from bigseq.config import Config, apply_preset
 
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = apply_preset(Config(), "tiny")
+    saved.model.src_vocab_size = saved.model.tgt_vocab_size = 50
+    saved.save(run / "config.yaml")
     config = tmp_path / "c.yaml"
-    config.write_text("model:\n  d_model: 64\ntrain:\n  lr: 0.001\n", encoding="utf-8")
-    base = ["train", "--train", "t.jsonl", "--valid", "v.jsonl", "--out", "run"]
-    asked = [*base, "--arch", "gru", "--preset", "tiny", "--config", str(config), "--set", "model.d_model=128",
-             "--set", "data.max_src_len=5", "--set", "train.lr=0.1", "--set", "metrics=[bleu]"]  # fmt: skip
+    config.write_text("data:\n  max_src_len: 100\ntrain:\n  lr: 0.001\n", encoding="utf-8")
+    base = ["train", "--train", "t.jsonl", "--valid", "v.jsonl", "--out", str(run)]
     parse = build_parser().parse_args
-    assert _unused_on_resume(parse([*asked, "--resume"])) == [
-        "--arch", "--preset tiny's model settings", f"the model / data settings of {config}",
-        "model.d_model", "data.max_src_len", "metrics",
+
+    def unused(*flags):
+        args = parse([*base, *flags])
+        return _unused_on_resume(args, _config(args))
+
+    same = [
+        "--arch",
+        "transformer",
+        "--preset",
+        "tiny",
+        "--set",
+        "model.dropout=0.1",
+        "--set",
+        "train.lr=0.1",
+    ]
+    assert unused(*same, "--resume") == []
+    assert unused("--arch", "gru", "--preset", "small", "--config", str(config), "--set", "model.d_model=128",
+                  "--set", "metrics=[bleu]", "--set", "train.lr=0.1", "--resume") == [
+        "model.arch=gru (the run's: transformer)", "model.d_model=128 (the run's: 64)",  # n_heads: the same
+        "model.enc_layers=3 (the run's: 2)", "model.dec_layers=3 (the run's: 2)", "model.d_ff=1024 (the run's: 256)",
+        "data.max_src_len=100 (the run's: 256)", "metrics=['bleu'] (the run's: ['exact_match', 'bleu', 'chrf'])",
     ]  # fmt: skip
-    assert _unused_on_resume(parse(asked)) == []  # a new run uses them all
-    assert _unused_on_resume(parse([*base, "--resume", "--set", "train.max_steps=9"])) == []
+    assert unused("--arch", "gru") == []  # a new run uses them all
