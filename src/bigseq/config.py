@@ -36,14 +36,16 @@ class ModelConfig:
 
     arch: str = "transformer"
     d_model: int = 256
-    n_heads: int = 4
+    n_heads: int = 4  # transformer
     enc_layers: int = 3
     dec_layers: int = 3
-    d_ff: int = 1024
+    d_ff: int = 1024  # transformer: feed-forward width
     dropout: float = 0.1
-    attn_dropout: float = 0.0
+    attn_dropout: float = 0.0  # transformer: on the attention weights
     positions: str = "sinusoidal"  # transformer: sinusoidal | learned
-    max_positions: int = 1024  # transformer: longest sequence the position table covers
+    # transformer: longest sequence the position table covers; both architectures: outputs are cut to
+    # max_positions - 1 tokens when decoding
+    max_positions: int = 1024
     tie_embeddings: bool = True  # decoder input embedding == output projection (and src==tgt when shared)
     attention: bool = True  # gru: additive (Bahdanau) attention over the encoder states
     bidirectional: bool = True  # gru: bidirectional encoder
