@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from bigseq import metrics as metrics_mod
 from bigseq import speed
-from bigseq.config import Config, DataConfig, ModelConfig, SearchConfig
+from bigseq.config import Config, DataConfig, ModelConfig, PretrainConfig, SearchConfig, naming_errors
 from bigseq.data.batching import PairSet, encode_pairs
 from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective, check_window
@@ -362,7 +362,8 @@ def _use_labels(cfg: Config, train_ex: Sequence[Example], train_path: str | Path
         if outside:
             e, t = outside[0]
             raise ConfigError(
-                f"{train_path}:{e.line}: target {t!r} is not in data.labels ({', '.join(cfg.data.labels[:8])}"
+                f"{train_path}: target {t!r} (of the source first on line {e.line}) is not in data.labels "
+                f"({', '.join(cfg.data.labels[:8])}"
                 f"{', ...' if len(names) > 8 else ''}; {len(outside)} training target(s) outside it): name "
                 "every class, or leave data.labels empty to take the set from the training targets"
             )
@@ -581,6 +582,26 @@ def _export(cfg: Config, log: Any) -> Any:
     return lambda model: mix_with_init(merged(model), start, alpha)
 
 
+def _objective(p: PretrainConfig, tok: Tokenizer) -> Objective:
+    """``p``'s objective with ``tok``'s sentinel / mask ids. ConfigError for a tokenizer it cannot use: no
+    sentinels / mask, fewer sentinels than a window's spans, or (char) no newline token to join a
+    document's lines with (they would run together: "sat" + "on" -> "saton")."""
+    objective = Objective.for_tokenizer(
+        p.objective, tok, noise_density=p.noise_density, mean_span_length=p.mean_span_length,
+        mask_ratio=p.mask_ratio, poisson_lambda=p.poisson_lambda, min_prefix_frac=p.min_prefix_frac,
+        max_prefix_frac=p.max_prefix_frac,
+    )  # fmt: skip
+    check_window(
+        p.objective, p.window_tokens, p.noise_density, p.mean_span_length, len(objective.sentinel_ids)
+    )
+    if tok.mode == "char" and tok.newline_id() is None:
+        raise ConfigError(
+            "the char tokenizer has no newline token, so a document's lines would run together; train it with "
+            '"\\n" among its texts, or let pretrain train one (no --tokenizer)'
+        )
+    return objective
+
+
 def _no_init(cfg: Config, log: Any) -> None:
     """A run of ``train`` / ``pretrain`` starts from random weights: a ``train.init`` (and its digest) carried
     in from a reused config.yaml would claim an init run it never had (and let --wise-alpha mix one in)."""
@@ -670,18 +691,23 @@ def pretrain(
     else:  # shapes the corpus cannot change: refused before the tokenizer is trained
         _no_init(cfg, log)
         p = cfg.pretrain
-        if p.window_tokens + 2 > cfg.model.max_positions:
+        # The decoder reads BOS + up to a whole window (infilling's target); sources are never longer.
+        if p.window_tokens + 1 > cfg.model.max_positions:
             raise ConfigError(
-                f"pretrain.window_tokens ({p.window_tokens}) + BOS/EOS exceeds "
+                f"pretrain.window_tokens ({p.window_tokens}) + BOS exceeds "
                 f"model.max_positions ({cfg.model.max_positions})"
             )
         check_window(p.objective, p.window_tokens, p.noise_density, p.mean_span_length)
     if not resume and world.is_main:
+        given = None if tokenizer is None else Tokenizer.load(tokenizer)
+        if given is not None:  # refused before anything is written if the objective cannot use it
+            with naming_errors(tokenizer):
+                _objective(cfg.pretrain, given)
         _new_run_dir(out, log)
         d = cfg.data
         t0 = time.perf_counter()
-        if tokenizer is not None:
-            tok = Tokenizer.load(tokenizer)
+        if given is not None:
+            tok = given
         else:
             # A document's lines are joined with the newline token; the corpus' lines hold none, so a char
             # vocabulary would lack it and the lines ran together ("sat" + "on" -> "saton"): add it.
@@ -710,11 +736,7 @@ def pretrain(
         shards = ShardSet(shard_dir, reused=True)
     log(f"corpus: {len(files)} file(s), {shards.n_tokens:,} tokens in {shards.n_shards} shard(s) "
         f"({'reused' if shards.reused else 'built'} in {time.perf_counter() - t0:.1f}s: {shards.root})")  # fmt: skip
-    objective = Objective.for_tokenizer(
-        p.objective, toks.src, noise_density=p.noise_density, mean_span_length=p.mean_span_length,
-        mask_ratio=p.mask_ratio, poisson_lambda=p.poisson_lambda, min_prefix_frac=p.min_prefix_frac,
-        max_prefix_frac=p.max_prefix_frac,
-    )  # fmt: skip
+    objective = _objective(p, toks.src)
     data = PretrainData(shards, objective, p.window_tokens, toks.src.newline_id(), cfg.train.seed, p.chunk_windows,
                         p.valid_windows)  # fmt: skip
     valid = data.valid()

@@ -319,7 +319,7 @@ class Config:
         data = read_yaml(path)
         if isinstance(data.get("train"), dict):
             data["train"].setdefault("length_grid", 0)  # runs before the grid padded to the longest example
-        with _naming(path):
+        with naming_errors(path):
             cfg = from_dict(data).validate()
             if run and (cfg.model.src_vocab_size <= 0 or cfg.model.tgt_vocab_size <= 0):
                 raise ConfigError(
@@ -348,7 +348,7 @@ def build_config(
     file_preset = file_cfg.pop("preset", None)  # a --preset given as well wins over it
     if preset or file_preset:
         apply_preset(cfg, preset or file_preset)
-    with _naming(path):
+    with naming_errors(path):
         from_dict(file_cfg, cfg)
     for key, value in flags.items():
         if value is not None:
@@ -358,8 +358,8 @@ def build_config(
 
 
 @contextlib.contextmanager
-def _naming(path: str | Path | None) -> Iterator[None]:
-    """Config errors raised inside name the file their values came from."""
+def naming_errors(path: str | Path | None) -> Iterator[None]:
+    """Config errors raised inside name the file their values came from (None: as they are)."""
     try:
         yield
     except ConfigError as e:

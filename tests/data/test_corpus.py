@@ -220,7 +220,23 @@ def test_does_not_overwrite_a_foreign_directory(tmp_path, tok):
     assert (shards / "important.csv").read_text() == "a,b" and (out / "notes.txt").exists()
     with pytest.raises(BigseqError, match="is a file, not a directory"):
         build_shards(files, tok, out / "notes.txt")
+    with pytest.raises(BigseqError, match="cannot make the shard directory"):
+        build_shards(files, tok, out / "notes.txt" / "shards")
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_a_linked_shard_directory_stays_a_link_and_sets_get_the_usual_mode(tmp_path, tok):
+    """--shards naming a link (e.g. to another disk): the set is rebuilt where the link points, the link stays;
+    the set's directory gets the mode of any new directory (mkdtemp's 0700 made it unreadable to others)."""
+    files, _, _ = make_corpus(tmp_path)
+    real, link = tmp_path / "big" / "shards", tmp_path / "link"
+    build_shards(files, tok, real)
+    link.symlink_to(real, target_is_directory=True)
+    rebuilt = build_shards(files[:1], tok, link)  # another corpus: the set is replaced
+    assert not rebuilt.reused and link.is_symlink() and ShardSet(real).n_tokens == rebuilt.n_tokens
+    umask = os.umask(0)
+    os.umask(umask)
+    assert real.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_large_vocabulary_uses_uint32(tmp_path):

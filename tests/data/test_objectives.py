@@ -125,6 +125,31 @@ def test_windows_needing_more_sentinels_than_there_are_are_refused_before_any_wo
     with pytest.raises(ConfigError, match="makes 102 spans"):
         bigseq.api.pretrain(cfg, [corpus], tmp_path / "run", progress=False, log=lambda *a: None)
     assert not (tmp_path / "run").exists()
+    # a --tokenizer with only 3 sentinels: 128-token windows need 6 (and a char one without a newline token
+    # would run a document's lines together): refused, naming the file, before the run directory is made
+    texts = ["the cat sat", "on the mat", "and slept"] * 20
+    few, no_newline = tmp_path / "few.json", tmp_path / "chars.json"
+    Tokenizer.train(texts, "bpe", 300, extra_special_tokens=SENTINELS[:3]).save(few)
+    Tokenizer.train(texts, "char", extra_special_tokens=PRETRAIN_SPECIAL_TOKENS).save(no_newline)
+    cfg = Config()
+    apply_overrides(cfg, ["pretrain.window_tokens=128"])
+    for tok, message in (
+        (few, "makes 6 spans, one sentinel each, but there are 3"),
+        (no_newline, "no newline token"),
+    ):
+        with pytest.raises(ConfigError, match=f"{tok}: .*{message}"):
+            bigseq.api.pretrain(
+                cfg, [corpus], tmp_path / "run", progress=False, log=lambda *a: None, tokenizer=tok
+            )
+        assert not (tmp_path / "run").exists()
+    # the window may fill max_positions but for BOS (the decoder reads BOS + a whole window at most)
+    cfg = Config()
+    apply_overrides(
+        cfg,
+        ["pretrain.window_tokens=64", "model.max_positions=64", "data.max_src_len=64", "data.max_tgt_len=63"],
+    )
+    with pytest.raises(ConfigError, match=r"window_tokens \(64\) \+ BOS exceeds model.max_positions \(64\)"):
+        bigseq.api.pretrain(cfg, [corpus], tmp_path / "run", progress=False, log=lambda *a: None)
 
 
 # --- text infilling ------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ def test_jsonl_require_target_false(tmp_path):
         ('{"source": "a\\ud800b", "target": "b"}', "field 'source' holds an unpaired surrogate \\ud800"),
         ('{"source": "a", "target": "\\udc00"}', "field 'target' holds an unpaired surrogate \\udc00"),
         ('{"source": "a", "target": ["b", "\\ud83d"]}', "field 'target'[1] holds an unpaired surrogate"),
+        ('{"source": "a", "target": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
     ],
 )
 def test_jsonl_errors_name_file_line_and_reason(tmp_path, line, reason):

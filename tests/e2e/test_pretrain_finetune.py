@@ -156,7 +156,10 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     # a label set that leaves out training targets could never answer them: refused, naming file and line
     assert main([*args, "--out", str(tmp_path / "y"), "--set", "data.labels=[up,down]"]) == 2
     err = capsys.readouterr().err
-    assert f"{train}:1: target" in err and "is not in data.labels (up, down; 300 training target(s)" in err
+    assert (
+        f"{train}: target" in err
+        and "(of the source first on line 1) is not in data.labels (up, down; 300" in err
+    )
     # --out: a file, or a directory of the user's, is refused with one line, and nothing in it is touched
     (tmp_path / "notes.txt").write_text("mine")
     mine = tmp_path / "mine"

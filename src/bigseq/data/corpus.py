@@ -31,6 +31,7 @@ import hashlib
 import itertools
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from array import array
@@ -228,7 +229,9 @@ def build_shards(
     if read_buffer_bytes < 1:
         raise ConfigError(f"read_buffer_bytes must be >= 1, got {read_buffer_bytes}")
     files = resolve_inputs(paths)
-    out_dir = Path(out_dir)
+    # A link to where the shards live (e.g. another disk) is followed: replacing the set must not replace
+    # the link with a directory of its own.
+    out_dir = Path(out_dir).resolve() if Path(out_dir).is_symlink() else Path(out_dir)
     tok_json = tokenizer.backend.to_str()
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     params = {"format": FORMAT, "version": VERSION, "shard_tokens": shard_tokens, "dtype": dtype.name}
@@ -253,8 +256,13 @@ def build_shards(
             f"{out_dir}: exists, is not empty and holds no {INDEX_FILE}; choose another directory"
         )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.building-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a parent directory should be
+        raise BigseqError(f"{out_dir}: cannot make the shard directory ({e.strerror})") from None
+    # Not mkdtemp, whose 0700 would stay with the set: a plain mkdir gives the mode any new directory gets.
+    tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
     writer = _ShardWriter(tmp, dtype, shard_tokens)
     try:
         inputs, digests = [], []

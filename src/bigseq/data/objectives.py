@@ -91,17 +91,24 @@ def _noise_and_spans(n: int, noise_density: float, mean_span_length: float) -> t
     return num_noise, min(num_spans, num_noise, n - num_noise)
 
 
-def check_window(objective: str, window_tokens: int, noise_density: float, mean_span_length: float) -> None:
+def check_window(
+    objective: str,
+    window_tokens: int,
+    noise_density: float,
+    mean_span_length: float,
+    sentinels: int = len(SENTINELS),
+) -> None:
     """Raise ConfigError before any work when windows of ``window_tokens`` ids would need more sentinels
-    than there are (span corruption: one per span), rather than at the first batch."""
+    than there are (span corruption: one per span; ``sentinels``: a tokenizer's), rather than at the first
+    batch."""
     if objective != "span" or window_tokens < MIN_LENGTH or mean_span_length < 1 or not 0 < noise_density < 1:
         return  # nothing to count, or settings the objective itself refuses, naming them
     spans = _noise_and_spans(window_tokens, noise_density, mean_span_length)[1]
-    if spans > len(SENTINELS):
+    if spans > sentinels:
         raise ConfigError(
             f"pretrain.window_tokens={window_tokens} with noise_density={noise_density:g} and "
             f"mean_span_length={mean_span_length:g} makes {spans} spans, one sentinel each, but there are "
-            f"{len(SENTINELS)}: lower window_tokens or noise_density, or raise mean_span_length"
+            f"{sentinels}: lower window_tokens or noise_density, or raise mean_span_length"
         )
 
 

@@ -138,6 +138,8 @@ def json_object(text: str, where: str, expected: str) -> dict:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # thousands of nested brackets: Python's parser gives up
+        raise DataError(f"{where}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object with {expected}, got {_kind(obj)}")
     return obj
