@@ -24,7 +24,7 @@ from bigseq import metrics as metrics_mod
 from bigseq import speed
 from bigseq.config import Config, DataConfig, ModelConfig, PretrainConfig, SearchConfig, naming_errors
 from bigseq.data.batching import PairSet, encode_pairs
-from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs
+from bigseq.data.corpus import ShardSet, build_shards, iter_texts, resolve_inputs, sha256_file
 from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS, Objective, check_window
 from bigseq.data.pretrain import PretrainData
 from bigseq.data.readers import Example, read_examples
@@ -54,6 +54,7 @@ from bigseq.train.distributed import World, resolve_device, setup
 from bigseq.train.loop import TENSORBOARD_DIR, EpochData, Summary, Validate, fit
 
 CONFIG_FILE = "config.yaml"
+DATA_FILE = "data.json"  # digests of the data a run trains on (_record_data)
 # Search settings that only sampling reads: given without it, they are refused rather than ignored.
 SAMPLING_ONLY = ("temperature", "top_k", "top_p")
 
@@ -292,7 +293,7 @@ def _new_run_dir(out: Path, log: Any) -> None:
 # What a run directory holds: the names bigseq writes there. Hidden files pass too (atomic_write's temporary
 # .NAME.*.tmp files; a file manager's .DS_Store): a run never overwrites one of someone else's.
 RUN_ENTRIES = {CONFIG_FILE, TOKENIZER_FILE, TARGET_TOKENIZER_FILE, WEIGHTS_FILE, STATE_DIR, TENSORBOARD_DIR,
-               "metrics.jsonl", "summary.json", "snapshots", "shards", "curves.png"}  # fmt: skip
+               "metrics.jsonl", "summary.json", "snapshots", "shards", "curves.png", DATA_FILE}  # fmt: skip
 
 
 def _written_by_runs(name: str) -> bool:
@@ -461,6 +462,10 @@ def train(
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
+    if world.is_main:
+        _record_data(
+            out, resume, log, train=sha256_file(Path(train_path)), valid=sha256_file(Path(valid_path))
+        )
     data = _encode_train(cfg, toks, train_ex, log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -544,10 +549,7 @@ def finetune(
         cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
         for key in TOKENIZER_KEYS:  # the init run's tokenizer, which its weights were trained with
             asked, theirs = getattr(cfg.data, key), getattr(init_cfg.data, key)
-            if asked not in (
-                getattr(DataConfig(), key),
-                theirs,
-            ):  # as for the model keys: not ignored silently
+            if asked not in (getattr(DataConfig(), key), theirs):  # as model keys: not ignored silently
                 raise ConfigError(
                     f"data.{key}={asked}: fine-tuning keeps the tokenizer of {init} (data.{key}={theirs})"
                 )
@@ -559,6 +561,10 @@ def finetune(
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
+    if world.is_main:
+        _record_data(
+            out, resume, log, train=sha256_file(Path(train_path)), valid=sha256_file(Path(valid_path))
+        )
     data = _encode_train(cfg, toks, train_ex, log)
     # On resume the weights come from the train state; otherwise from the init run (unless from scratch).
     model = finetune_model(cfg, None if resume or from_scratch else init, log)
@@ -600,6 +606,20 @@ def _objective(p: PretrainConfig, tok: Tokenizer) -> Objective:
             '"\\n" among its texts, or let pretrain train one (no --tokenizer)'
         )
     return objective
+
+
+def _record_data(out: Path, resume: bool, log: Any, **digests: str) -> None:
+    """Keep the digests of the data a run trains on (``OUT/data.json``: train / valid files, or the pretraining
+    corpus with its tokenizer). A resume on other data is allowed (e.g. more text), but it does not continue
+    exactly -- another batch order, and another held-out set whose best value is compared with the old one's --
+    so it says so, once."""
+    path = out / DATA_FILE
+    before = json.loads(path.read_text(encoding="utf-8")) if resume and path.is_file() else {}
+    changed = [name for name, digest in digests.items() if before.get(name, digest) != digest]
+    if changed:
+        log(f"resume: the {' and '.join(changed)} data differ from what this run trained on so far: the batch "
+            "order and the held-out data change (the best value so far was measured on the old ones)")  # fmt: skip
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(digests) + "\n", encoding="utf-8"))
 
 
 def _no_init(cfg: Config, log: Any) -> None:
@@ -734,6 +754,8 @@ def pretrain(
     world.barrier()
     if not world.is_main:
         shards = ShardSet(shard_dir, reused=True)
+    if world.is_main:
+        _record_data(out, resume, log, corpus=shards.fingerprint)
     log(f"corpus: {len(files)} file(s), {shards.n_tokens:,} tokens in {shards.n_shards} shard(s) "
         f"({'reused' if shards.reused else 'built'} in {time.perf_counter() - t0:.1f}s: {shards.root})")  # fmt: skip
     objective = _objective(p, toks.src)

@@ -413,3 +413,26 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_says_what_it
     monkeypatch.undo()
     resumed = bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, resume=True, **quiet)
     assert resumed.steps == 4 and resumed.best_path == str(run / "model.safetensors")
+
+
+def test_resume_on_changed_data_says_so(tmp_path):
+    """A resume continues exactly only on the same data: other train / valid files (or another corpus) are
+    allowed but said, once, since the batch order and the held-out set change."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run = tmp_path / "run"
+    said = []
+    bigseq.api.train(_cfg("train.max_steps=2"), train, valid, run, progress=False, log=said.append)
+    assert sorted(json.loads((run / "data.json").read_text())) == ["train", "valid"]
+    bigseq.api.train(
+        _cfg("train.max_steps=3"), train, valid, run, resume=True, progress=False, log=said.append
+    )
+    assert not any("differ from what this run trained on" in s for s in said)
+    with train.open("a") as f:
+        f.write(json.dumps({"source": "abc", "target": "cba"}) + "\n")
+    bigseq.api.train(
+        _cfg("train.max_steps=4"), train, valid, run, resume=True, progress=False, log=said.append
+    )
+    assert [s for s in said if "differ" in s] == [
+        "resume: the train data differ from what this run trained on so far: the batch order and the held-out "
+        "data change (the best value so far was measured on the old ones)"
+    ]

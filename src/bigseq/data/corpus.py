@@ -246,7 +246,7 @@ def build_shards(
         except (BigseqError, KeyError, TypeError, OSError, ValueError):
             existing = None  # ours but damaged (a shard missing or cut short): rebuild
         if existing is not None:
-            digests = [_sha256_file(f) for f in files]
+            digests = [sha256_file(f) for f in files]
             if existing.fingerprint == _fingerprint(params, tok_json, files, digests):
                 return existing
             del existing  # drop its memmaps before the directory is replaced
@@ -315,7 +315,7 @@ def _fingerprint(params: dict, tok_json: str, files: Sequence[Path], digests: Se
     return h.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     try:
         with path.open("rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
