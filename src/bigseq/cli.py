@@ -233,6 +233,8 @@ def _unused_on_resume(args: argparse.Namespace, asked: Config) -> list[str]:
             continue
         if want != have:
             unused.append(f"{key}={want} (the run's: {have})")
+    if getattr(args, "tokenizer", None):
+        unused.append(f"--tokenizer {args.tokenizer} (the run keeps its tokenizer.json)")
     return unused
 
 

@@ -447,3 +447,7 @@ def test_resume_says_which_settings_it_does_not_use(tmp_path):
         "data.max_src_len=100 (the run's: 256)", "metrics=['bleu'] (the run's: ['exact_match', 'bleu', 'chrf'])",
     ]  # fmt: skip
     assert unused("--arch", "gru") == []  # a new run uses them all
+    args = build_parser().parse_args(
+        ["pretrain", "--text", "c.txt", "--out", str(run), "--tokenizer", "t.json", "--resume"]
+    )
+    assert _unused_on_resume(args, _config(args)) == ["--tokenizer t.json (the run keeps its tokenizer.json)"]
