@@ -43,6 +43,7 @@ def test_preset_then_overrides():
         (["train.metric=wer"], "train.metric='wer' must be one of metrics"),
         (["search.n_best=3"], "search.n_best (3) cannot exceed search.beam (1)"),
         (["search.top_k=-3"], "search.top_k must be >= 0 (0 = off), got -3"),
+        (["train.freeze=[embeddings,encoder,decoder]"], "leaves nothing to train; freeze fewer parts"),
         (["search.top_p=1.5"], "search.top_p must be in (0, 1], got 1.5"),
         (["search.max_len_b=-1"], "search.max_len_a and max_len_b must be >= 0"),
         (["metrics=[bleu, rouge]"], "metrics[] must be one of"),

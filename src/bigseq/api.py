@@ -87,7 +87,8 @@ class Seq2SeqRun:
         s.validate()
         unused = [k for k in SAMPLING_ONLY if k in given]
         if unused and not s.sample:  # asked for, yet silently not applied: say so instead
-            raise ConfigError(f"{', '.join(unused)} only apply when sampling (sample=True / --sample)")
+            verb = "applies" if len(unused) == 1 else "apply"
+            raise ConfigError(f"{', '.join(unused)} {verb} only when sampling (sample=True / --sample)")
         return s
 
     def generate_n_best(
@@ -264,23 +265,24 @@ NOTICES = ("data:", "resume:", "run:")
 
 
 def _new_run_dir(out: Path, log: Any) -> None:
-    """Make ``out`` for a new run: a new or empty directory. One that holds weights or a train state is
-    refused (nothing is lost); one whose run stopped before its first checkpoint (a config and tokenizer,
-    nothing trained: a data error, a kill, Ctrl-C before the first save) is started again, or it could be
-    neither resumed nor reused. A file, or a directory holding anything a run does not write, is refused:
-    starting a run there would overwrite or delete the user's files (config.yaml, metrics.jsonl, ...)."""
+    """Make ``out`` for a new run. One that holds weights or a train state is refused (nothing is lost); one
+    whose run stopped before its first checkpoint (a config and tokenizer, nothing trained: a data error, a
+    kill, Ctrl-C before the first save) is started again, or it could be neither resumed nor reused. Other
+    files may be there (``--out RUN > RUN/train.log`` makes one first), but none a run writes: a user's own
+    config.yaml or metrics.jsonl would be overwritten. A file at ``out`` is refused too."""
     if out.exists() and not out.is_dir():
         raise BigseqError(f"{out}: is a file; --out names a directory for the run")
     if (out / WEIGHTS_FILE).exists() or (out / STATE_DIR / STATE_FILE).exists():
         raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
-    if out.is_dir():
-        others = sorted(p.name for p in out.iterdir() if not _written_by_runs(p.name))
-        if others:
+    failed_run = (out / CONFIG_FILE).is_file() and (out / TOKENIZER_FILE).is_file()
+    if out.is_dir() and not failed_run:
+        clash = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES)
+        if clash:
             raise BigseqError(
-                f"{out}: holds files that are not a run's ({', '.join(others[:3])}"
-                f"{', ...' if len(others) > 3 else ''}); --out names a new or empty directory"
+                f"{out}: holds {', '.join(clash[:3])}{', ...' if len(clash) > 3 else ''}, not of a bigseq run; a "
+                "run would overwrite them: choose another --out"
             )
-    if (out / CONFIG_FILE).exists():
+    if failed_run:
         log(f"run: {out} stopped before any checkpoint (no weights, no train state); starting it again")
         shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)  # its curve would be drawn under the new one
     try:
@@ -290,14 +292,9 @@ def _new_run_dir(out: Path, log: Any) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
-# What a run directory holds: the names bigseq writes there. Hidden files pass too (atomic_write's temporary
-# .NAME.*.tmp files; a file manager's .DS_Store): a run never overwrites one of someone else's.
-RUN_ENTRIES = {CONFIG_FILE, TOKENIZER_FILE, TARGET_TOKENIZER_FILE, WEIGHTS_FILE, STATE_DIR, TENSORBOARD_DIR,
-               "metrics.jsonl", "summary.json", "snapshots", "shards", "curves.png", DATA_FILE}  # fmt: skip
-
-
-def _written_by_runs(name: str) -> bool:
-    return name in RUN_ENTRIES or name.startswith(".")
+# The names a run writes in its directory (besides its shards/, which guard themselves, and a plot).
+RUN_FILES = {CONFIG_FILE, TOKENIZER_FILE, TARGET_TOKENIZER_FILE, WEIGHTS_FILE, STATE_DIR, TENSORBOARD_DIR,
+             "metrics.jsonl", "summary.json", "snapshots", DATA_FILE}  # fmt: skip
 
 
 # The train settings a resumed run keeps from the run, whatever the command says, and why. The batch order:
@@ -545,7 +542,6 @@ def finetune(
         init_cfg = Config.load(init / CONFIG_FILE, run=True)
         toks = TokenizerPair.load(init)
         init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
-        _new_run_dir(out, log)
         cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
         for key in TOKENIZER_KEYS:  # the init run's tokenizer, which its weights were trained with
             asked, theirs = getattr(cfg.data, key), getattr(init_cfg.data, key)
@@ -558,6 +554,7 @@ def finetune(
         cfg.train.init_sha256 = init_sha256
         _use_labels(cfg, train_ex, train_path, log)
         cfg.validate()
+        _new_run_dir(out, log)  # after the checks above: a refused fine-tuning leaves no directory behind
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
@@ -683,6 +680,10 @@ def finetune_model(cfg: Config, init_dir: str | Path | None, log: Any = print) -
         layers = add_lora(model, tc.lora_rank, tc.lora_alpha, frozen=tc.freeze)
         log(
             f"LoRA: rank {tc.lora_rank}, alpha {tc.lora_alpha:g}, on {len(layers)} linear layers; merged on save"
+        )
+    if not trainable_parameters(model):  # e.g. LoRA with the encoder frozen on a GRU without attention
+        raise ConfigError(
+            f"train.freeze={tc.freeze} with train.lora_rank={tc.lora_rank} leaves nothing to train in this model"
         )
     return model
 

@@ -231,6 +231,9 @@ def _unused_on_resume(args: argparse.Namespace, asked: Config) -> list[str]:
             want, have = (functools.reduce(getattr, path, c) for c in (asked, saved))
         except AttributeError:  # not a key of ours: build_config has said so already
             continue
+        # metrics: the run adds accuracy / macro_f1 for labels (pretraining has none): only others count
+        if key == "metrics" and (args.verb == "pretrain" or set(want) <= set(have)):
+            continue
         if want != have:
             unused.append(f"{key}={want} (the run's: {have})")
     if getattr(args, "tokenizer", None):
@@ -429,7 +432,9 @@ def _one_line_warnings(verb: str, show: Callable) -> Callable:
     (``bigseq VERB: warning: ...``); other libraries' warnings keep Python's format (file and line)."""
 
     def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-        if "bigseq" not in Path(filename).parts:
+        if (
+            not Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent)
+        ):  # not in bigseq's code
             show(message, category, filename, lineno, file, line)
             return
         print(f"bigseq {verb}: warning: {message}", file=sys.stderr if file is None else file)

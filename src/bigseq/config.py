@@ -180,6 +180,8 @@ class TrainConfig:
             raise ConfigError(f"train.adam_betas must have two values, got {self.adam_betas}")
         for part in self.freeze:
             _choice("train.freeze[]", part, FREEZABLE)
+        if set(self.freeze) == set(FREEZABLE):  # LoRA too: it puts no adapters in frozen parts
+            raise ConfigError(f"train.freeze={list(self.freeze)} leaves nothing to train; freeze fewer parts")
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("train.distributed", self.distributed, ("ddp", "fsdp"))
         _choice("train.device", self.device, ("auto", "cpu", "cuda"))

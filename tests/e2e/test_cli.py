@@ -106,8 +106,8 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     # sampling settings without --sample would be silently unused: a one-line error instead (API too)
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--temperature", "0.5", "--top-k", "3"]) == 2
-    assert "temperature, top_k only apply when sampling" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="top_p only apply when sampling"):
+    assert "temperature, top_k apply only when sampling" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="top_p applies only when sampling"):
         api.load(run).generate(inputs, top_p=0.9)
     # --threads N: the model runs on N CPU threads (recorded here, not set: this process runs other tests),
     # with the same outputs; fewer than one is a one-line error
@@ -441,12 +441,13 @@ def test_resume_says_which_settings_it_does_not_use(tmp_path):
     ]
     assert unused(*same, "--resume") == []
     assert unused("--arch", "gru", "--preset", "small", "--config", str(config), "--set", "model.d_model=128",
-                  "--set", "metrics=[bleu]", "--set", "train.lr=0.1", "--resume") == [
+                  "--set", "metrics=[wer]", "--set", "train.lr=0.1", "--resume") == [
         "model.arch=gru (the run's: transformer)", "model.d_model=128 (the run's: 64)",  # n_heads: the same
         "model.enc_layers=3 (the run's: 2)", "model.dec_layers=3 (the run's: 2)", "model.d_ff=1024 (the run's: 256)",
-        "data.max_src_len=100 (the run's: 256)", "metrics=['bleu'] (the run's: ['exact_match', 'bleu', 'chrf'])",
+        "data.max_src_len=100 (the run's: 256)", "metrics=['wer'] (the run's: ['exact_match', 'bleu', 'chrf'])",
     ]  # fmt: skip
     assert unused("--arch", "gru") == []  # a new run uses them all
+    assert unused("--set", "metrics=[bleu]", "--resume") == []  # the run has bleu (and others it added)
     args = build_parser().parse_args(
         ["pretrain", "--text", "c.txt", "--out", str(run), "--tokenizer", "t.json", "--resume"]
     )

@@ -167,7 +167,7 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     for name in ("config.yaml", "metrics.jsonl", "data.csv"):
         (mine / name).write_text(name)
     for out, message in ((tmp_path / "notes.txt", "is a file"), (tmp_path / "notes.txt" / "run", "cannot make"),
-                         (mine, "holds files that are not a run's (data.csv)")):  # fmt: skip
+                         (mine, "holds config.yaml, metrics.jsonl, not of a bigseq run")):  # fmt: skip
         assert main([*args, "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err

@@ -119,3 +119,19 @@ def test_lora_leaves_frozen_parts_as_they_are(arch):
     encoder = [k for k in before if k.split(".")[0] in ("encoder", "enc_ln", "mem_proj", "bridge")]
     assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in encoder)
+
+
+def test_nothing_left_to_train_is_a_one_line_error():
+    """LoRA with the encoder frozen, on a GRU without attention: no linear layer left for adapters (the
+    decoder is a GRU, the head gets none), so nothing would train; it was a torch traceback at backward."""
+    from bigseq.api import finetune_model
+    from bigseq.config import Config, apply_overrides
+    from bigseq.errors import ConfigError
+
+    cfg = Config()
+    apply_overrides(cfg, ["model.arch=gru", "model.attention=false", "model.d_model=32", "model.src_vocab_size=23",
+                          "model.tgt_vocab_size=19", "train.lora_rank=2", "train.freeze=[encoder]"])  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"train.freeze=\['encoder'\] with train.lora_rank=2 leaves nothing"
+    ):
+        finetune_model(cfg, None, log=lambda *a: None)

@@ -16,6 +16,7 @@ import bigseq.api
 from bigseq import cli
 from bigseq.config import Config, apply_overrides, apply_preset
 from bigseq.data.batching import make_batches
+from bigseq.errors import BigseqError
 from bigseq.models.base import build_model
 from bigseq.train.checkpoint import load_state, load_train_state, load_weights
 from bigseq.train.loop import TrainingError, lr_factor
@@ -436,3 +437,31 @@ def test_resume_on_changed_data_says_so(tmp_path):
         "resume: the train data differ from what this run trained on so far: the batch order and the held-out "
         "data change (the best value so far was measured on the old ones)"
     ]
+
+
+def test_an_optimizer_state_that_does_not_fit_is_a_clear_error(tmp_path):
+    """A train state whose optimizer holds other parameters (e.g. saved by a version whose GRU without
+    attention had a memory projection) cannot be resumed: one error naming the state and what to do."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run = tmp_path / "run"
+    quiet = {"progress": False, "log": lambda *a: None}
+    bigseq.api.train(_cfg("train.max_steps=2"), train, valid, run, **quiet)
+    path = run / "train_state" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].append(10_000)  # one parameter more than the model has
+    torch.save(state, path)
+    with pytest.raises(
+        BigseqError, match="the optimizer state does not fit this model .* bigseq finetune --init"
+    ):
+        bigseq.api.train(_cfg("train.max_steps=4"), train, valid, run, resume=True, **quiet)
+
+
+def test_a_run_directory_may_hold_the_users_log_file(tmp_path):
+    """`bigseq train --out RUN > RUN/train.log` (or a scheduler's log there) makes a file before the run
+    starts: a new run may go there, and leaves it alone."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text("started\n")
+    bigseq.api.train(_cfg("train.max_steps=1"), train, valid, run, progress=False, log=lambda *a: None)
+    assert (run / "train.log").read_text() == "started\n" and (run / "model.safetensors").is_file()

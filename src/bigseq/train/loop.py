@@ -276,7 +276,14 @@ def fit(
     net = wrap(model, world, tc.distributed)
     opt = make_optimizer(model, tc)
     if st is not None:
-        load_optimizer_state(model, opt, st["optimizer"])
+        try:
+            load_optimizer_state(model, opt, st["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:  # torch says "parameter group doesn't match" etc.
+            raise BigseqError(
+                f"{out / STATE_DIR}: the optimizer state does not fit this model ({e}); it was saved by another "
+                "bigseq version or train.distributed setting. Resume with those, or start a new run from its "
+                "weights: bigseq finetune --init RUN_DIR"
+            ) from None
         pr = Progress(**{"evaluated_step": None, **st["progress"]})  # None: a state from before the field
         _restore_rng(st, world, device, tc.seed + world.rank + 7919 * pr.step)
         if is_main:
