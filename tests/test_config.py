@@ -44,6 +44,18 @@ def test_preset_then_overrides():
         (["search.n_best=3"], "search.n_best (3) cannot exceed search.beam (1)"),
         (["search.top_k=-3"], "search.top_k must be >= 0 (0 = off), got -3"),
         (["train.freeze=[embeddings,encoder,decoder]"], "leaves nothing to train; freeze fewer parts"),
+        # accepted before, then a traceback (seed, betas) or silent misbehaviour (the rest)
+        (["train.patience=-1"], "train.patience must be >= 0, got -1"),
+        (["train.seed=-1"], "train.seed must be in [0, 2**63), got -1"),
+        (["train.adam_betas=[1.5, 0.9]"], "train.adam_betas must be two values in [0, 1)"),
+        (["train.min_lr_ratio=-1"], "train.min_lr_ratio must be in [0, 1]"),
+        (["train.weight_decay=-0.1"], "train.weight_decay must be >= 0.0"),
+        (["train.threads=-3"], "train.threads must be >= 0"),
+        (["pretrain.noise_density=2"], "pretrain.noise_density must be in (0, 1), got 2"),
+        (
+            ["pretrain.min_prefix_frac=0.9"],
+            "need 0 <= pretrain.min_prefix_frac <= pretrain.max_prefix_frac <= 1",
+        ),
         (["search.top_p=1.5"], "search.top_p must be in (0, 1], got 1.5"),
         (["search.max_len_b=-1"], "search.max_len_a and max_len_b must be >= 0"),
         (["metrics=[bleu, rouge]"], "metrics[] must be one of"),
@@ -88,6 +100,19 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
     cfg = build_config(recipe, preset="tiny")
     assert (cfg.model.d_model, cfg.train.lr) == (64, 0.001)
     assert build_config(recipe).model.d_model == 256
+    # a key given twice in a file (PyYAML kept the last: a second train: section dropped the first one's lr),
+    # and a preset key that is no name, are errors naming the file
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.0005\nmodel:\n  d_model: 64\ntrain:\n  max_steps: 50\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml:5:1: not valid YAML: the key 'train' is given twice"):
+        build_config(twice)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("preset: [tiny]\n")
+    with pytest.raises(ConfigError, match=r"listed.yaml: preset must be a name \(tiny, small"):
+        build_config(listed)
+    listed.write_text("preset: tinyy\n")
+    with pytest.raises(ConfigError, match=r"listed.yaml: unknown preset 'tinyy'"):
+        build_config(listed)
 
 
 def test_a_run_config_without_a_newer_key_loads_with_the_value_it_ran_with(tmp_path):

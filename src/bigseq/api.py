@@ -318,6 +318,8 @@ def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
             "before its first checkpoint starts again without --resume"
         )
     resumed = _saved(cfg, out)
+    with naming_errors(f"{out / CONFIG_FILE} with the settings asked now"):
+        resumed.validate()  # the run's model / data with today's train settings (e.g. compile, GRU: refused)
     for key, why in KEPT_ON_RESUME.items():
         asked, kept = getattr(cfg.train, key), getattr(resumed.train, key)
         if asked != kept:
@@ -621,7 +623,13 @@ def _record_data(out: Path, resume: bool, log: Any, **digests: str) -> None:
 
 def _no_init(cfg: Config, log: Any) -> None:
     """A run of ``train`` / ``pretrain`` starts from random weights: a ``train.init`` (and its digest) carried
-    in from a reused config.yaml would claim an init run it never had (and let --wise-alpha mix one in)."""
+    in from a reused config.yaml would claim an init run it never had (and let --wise-alpha mix one in).
+    Freezing and LoRA are fine-tuning settings, which these verbs would not apply: refused."""
+    if cfg.train.freeze or cfg.train.lora_rank:
+        raise ConfigError(
+            f"train.freeze={cfg.train.freeze} / train.lora_rank={cfg.train.lora_rank} apply to bigseq finetune "
+            "(a run starting from another's weights); a run from random weights trains everything"
+        )
     if cfg.train.init is not None or cfg.train.init_sha256 is not None:
         log(f"run: train.init={cfg.train.init} of the config dropped: this run starts from random weights "
             "(bigseq finetune --init RUN_DIR starts from a run)")  # fmt: skip

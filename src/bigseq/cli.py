@@ -216,10 +216,9 @@ def _unused_on_resume(args: argparse.Namespace, asked: Config) -> list[str]:
         for flag, key in (("arch", "model.arch"), ("objective", "pretrain.objective"))
         if getattr(args, flag, None)
     ]
-    for source in (
-        PRESETS.get(getattr(args, "preset", None) or "", {}),
-        read_yaml(args.config) if args.config else {},
-    ):
+    file = read_yaml(args.config) if args.config else {}
+    preset = getattr(args, "preset", None) or file.get("preset")
+    for source in (PRESETS.get(preset, {}) if isinstance(preset, str) else {}, file):
         for section, values in source.items():
             if section in FIXED_ON_RESUME:
                 named += [f"{section}.{k}" for k in values] if isinstance(values, dict) else [section]

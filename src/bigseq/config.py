@@ -176,8 +176,19 @@ class TrainConfig:
             raise ConfigError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"train.max_minutes must be > 0, got {self.max_minutes}")
-        if len(self.adam_betas) != 2:
-            raise ConfigError(f"train.adam_betas must have two values, got {self.adam_betas}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ConfigError(f"train.adam_betas must be two values in [0, 1), got {self.adam_betas}")
+        # Values that were accepted and then misbehaved: a negative patience stopped at the first evaluation,
+        # a negative floor trained with a negative learning rate (gradient ascent), a seed numpy refuses.
+        for name, low in (("patience", 0), ("weight_decay", 0.0), ("clip_norm", 0.0), ("threads", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"train.{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(
+                f"train.min_lr_ratio must be in [0, 1] (a fraction of lr), got {self.min_lr_ratio}"
+            )
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"train.seed must be in [0, 2**63), got {self.seed}")
         for part in self.freeze:
             _choice("train.freeze[]", part, FREEZABLE)
         if set(self.freeze) == set(FREEZABLE):  # LoRA too: it puts no adapters in frozen parts
@@ -265,6 +276,20 @@ class PretrainConfig:
             raise ConfigError(f"pretrain.window_tokens must be >= 2, got {self.window_tokens}")
         if self.valid_windows < 0:
             raise ConfigError(f"pretrain.valid_windows must be >= 0, got {self.valid_windows}")
+        # The objectives check these too, but only once the tokenizer and shards exist: here, before any work.
+        for name in ("noise_density", "mask_ratio"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"pretrain.{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.mean_span_length < 1.0 or self.poisson_lambda <= 0.0:
+            raise ConfigError(
+                "pretrain.mean_span_length must be >= 1 and pretrain.poisson_lambda > 0, got "
+                f"{self.mean_span_length} and {self.poisson_lambda}"
+            )
+        if not 0.0 <= self.min_prefix_frac <= self.max_prefix_frac <= 1.0:
+            raise ConfigError(
+                "need 0 <= pretrain.min_prefix_frac <= pretrain.max_prefix_frac <= 1, got "
+                f"{self.min_prefix_frac} and {self.max_prefix_frac}"
+            )
 
 
 @dataclass
@@ -348,9 +373,13 @@ def build_config(
     cfg = Config()
     file_cfg = read_yaml(path) if path else {}
     file_preset = file_cfg.pop("preset", None)  # a --preset given as well wins over it
-    if preset or file_preset:
-        apply_preset(cfg, preset or file_preset)
+    if preset:
+        apply_preset(cfg, preset)
     with naming_errors(path):
+        if file_preset is not None and not preset:
+            if not isinstance(file_preset, str):
+                raise ConfigError(f"preset must be a name ({', '.join(PRESETS)}), got {file_preset!r}")
+            apply_preset(cfg, file_preset)
         from_dict(file_cfg, cfg)
     for key, value in flags.items():
         if value is not None:
@@ -375,7 +404,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
@@ -383,6 +412,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently: a second
+    ``train:`` section dropped the first one's settings)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _where(path: Path, e: yaml.YAMLError) -> str:

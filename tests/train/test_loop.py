@@ -16,7 +16,7 @@ import bigseq.api
 from bigseq import cli
 from bigseq.config import Config, apply_overrides, apply_preset
 from bigseq.data.batching import make_batches
-from bigseq.errors import BigseqError
+from bigseq.errors import BigseqError, ConfigError
 from bigseq.models.base import build_model
 from bigseq.train.checkpoint import load_state, load_train_state, load_weights
 from bigseq.train.loop import TrainingError, lr_factor
@@ -465,3 +465,18 @@ def test_a_run_directory_may_hold_the_users_log_file(tmp_path):
     (run / "train.log").write_text("started\n")
     bigseq.api.train(_cfg("train.max_steps=1"), train, valid, run, progress=False, log=lambda *a: None)
     assert (run / "train.log").read_text() == "started\n" and (run / "model.safetensors").is_file()
+
+
+def test_train_refuses_fine_tuning_settings_and_a_resume_is_validated_as_it_will_run(tmp_path):
+    """train.freeze / lora_rank were saved but never applied by `train`; a resume combines the run's model with
+    the settings asked now, and that combination is validated (a compiled GRU was not refused)."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    quiet = {"progress": False, "log": lambda *a: None}
+    for setting in ("train.freeze=[encoder]", "train.lora_rank=4"):
+        with pytest.raises(ConfigError, match="apply to bigseq finetune"):
+            bigseq.api.train(_cfg(setting), train, valid, tmp_path / "x", **quiet)
+    run = tmp_path / "gru"
+    bigseq.api.train(_cfg("model.arch=gru", "train.max_steps=1"), train, valid, run, **quiet)
+    asked = _cfg("train.max_steps=2", "train.compile=true")  # valid for the Transformer this config names
+    with pytest.raises(ConfigError, match="config.yaml with the settings asked now: train.compile supports"):
+        bigseq.api.train(asked, train, valid, run, resume=True, **quiet)
