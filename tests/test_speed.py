@@ -134,6 +134,12 @@ def test_load_and_cli_quantize_int8_and_bf16(tmp_path, capsys, monkeypatch):
     assert len(run.generate(["abc", "hgfe"])) == 2
     with pytest.raises(ConfigError, match="do not combine"):
         bigseq.load(run_dir, quantize="int8", compile=True)
+    # on a machine with CUDA, device auto means the CPU for int8 (it was refused; CUDA faked here)
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        assert bigseq.load(run_dir, quantize="int8", device="auto").generate(["abc"]) == run.generate(["abc"])
+        with pytest.raises(ConfigError, match="quantize=int8 runs on the CPU only; got device='cuda'"):
+            bigseq.load(run_dir, quantize="int8", device="cuda")
     monkeypatch.setattr(sys, "stdin", _Lines(["abc", "", "hgfe"]))
     capsys.readouterr()
     assert main(["generate", str(run_dir), "--quantize", "int8", "--beam", "2"]) == 0

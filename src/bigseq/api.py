@@ -57,13 +57,16 @@ CONFIG_FILE = "config.yaml"
 DATA_FILE = "data.json"  # digests of the data a run trains on (_record_data)
 # Search settings that only sampling reads: given without it, they are refused rather than ignored.
 SAMPLING_ONLY = ("temperature", "top_k", "top_p")
+SEARCH_ONLY = ("beam", "length_penalty")  # and the other way round
 
 
 def _texts(texts: Sequence[str], what: str) -> list[str]:
-    """``texts`` as a list; one string is refused (iterated, it would be one input per character)."""
+    """``texts`` as a list, each stripped of surrounding whitespace as the data readers strip training and
+    test data (a model never saw it: "  bird " and "bird" got different outputs). One string is refused
+    (iterated, it would be one input per character)."""
     if isinstance(texts, str):
         raise TypeError(f"{what}: a list of strings, got one string (pass [text] for a single input)")
-    return list(texts)
+    return [t.strip() for t in texts]
 
 
 class Seq2SeqRun:
@@ -85,10 +88,16 @@ class Seq2SeqRun:
             given["beam"] = max(given["n_best"], self.config.search.beam)
         s = replace(self.config.search, **given)
         s.validate()
-        unused = [k for k in SAMPLING_ONLY if k in given]
-        if unused and not s.sample:  # asked for, yet silently not applied: say so instead
+        # Settings asked for that this decoding would not apply: refused rather than silently unused.
+        unused = [k for k in (SEARCH_ONLY if s.sample else SAMPLING_ONLY) if k in given]
+        if unused:
             verb = "applies" if len(unused) == 1 else "apply"
-            raise ConfigError(f"{', '.join(unused)} {verb} only when sampling (sample=True / --sample)")
+            only = (
+                "only to search (not with sampling)"
+                if s.sample
+                else "only when sampling (sample=True / --sample)"
+            )
+            raise ConfigError(f"{', '.join(unused)} {verb} {only}")
         return s
 
     def generate_n_best(
@@ -182,7 +191,8 @@ def load(
         raise ConfigError(
             "quantize=int8 and compile do not combine: torch.compile breaks at every int8 layer"
         )
-    target = resolve_device(device)
+    # auto picks the device the model can run on: int8 runs on the CPU only, so auto means the CPU for it
+    target = resolve_device("cpu" if quantize == "int8" and device == "auto" else device)
     if quantize == "int8" and target.type != "cpu":
         raise ConfigError(f"quantize=int8 runs on the CPU only; got device={device!r}")
     run_dir = Path(run_dir)

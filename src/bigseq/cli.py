@@ -346,7 +346,10 @@ def _generate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--buffer-size must be >= 0 (0 = all of stdin), got {args.buffer_size}")
     run = _load_run(args)
     search = _search_overrides(args)
-    batch_size = run.search_config(**search).batch_size  # also checks the flags before any input is read
+    settings = run.search_config(**search)  # also checks the flags before any input is read
+    if args.seed is not None and not settings.sample:
+        raise ConfigError("--seed applies only when sampling (--sample)")
+    batch_size = settings.batch_size
     interactive = getattr(sys.stdin, "isatty", lambda: False)()
     size = args.buffer_size
     if size is None:  # from a pipe: enough inputs to sort into full batches (never fewer than one batch)

@@ -109,6 +109,18 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     assert "temperature, top_k apply only when sampling" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="top_p applies only when sampling"):
         api.load(run).generate(inputs, top_p=0.9)
+    # ... and the other way round: search settings with sampling, a seed without it
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--sample", "--beam", "5", "--length-penalty", "2"]) == 2
+    assert "beam, length_penalty apply only to search (not with sampling)" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--seed", "5"]) == 2
+    assert "--seed applies only when sampling" in capsys.readouterr().err
+    # surrounding whitespace is stripped, as the data readers strip training and test data
+    assert api.load(run).generate(["  abcdef \t", "abcdef"]) == ["fedcba", "fedcba"]
+    # --weights naming a directory says so
+    assert main(["evaluate", str(run), "--data", str(valid), "--weights", str(run)]) == 2
+    assert f"{run}: is a directory; give a weights file" in capsys.readouterr().err
     # --threads N: the model runs on N CPU threads (recorded here, not set: this process runs other tests),
     # with the same outputs; fewer than one is a one-line error
     import torch

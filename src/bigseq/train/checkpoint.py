@@ -92,6 +92,8 @@ def weights_sha256(path: str | Path) -> str:
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
+    if path.is_dir():
+        raise BigseqError(f"{path}: is a directory; give a weights file (e.g. {path / 'model.safetensors'})")
     if not path.is_file():
         raise BigseqError(f"{path}: weights file not found")
     try:
