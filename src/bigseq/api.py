@@ -471,10 +471,7 @@ def train(
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
-    if world.is_main:
-        _record_data(
-            out, resume, log, train=sha256_file(Path(train_path)), valid=sha256_file(Path(valid_path))
-        )
+    _record_pairs(world, out, resume, log, train_path, valid_path)
     data = _encode_train(cfg, toks, train_ex, log)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
@@ -570,10 +567,7 @@ def finetune(
         toks.save(out)
         cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
-    if world.is_main:
-        _record_data(
-            out, resume, log, train=sha256_file(Path(train_path)), valid=sha256_file(Path(valid_path))
-        )
+    _record_pairs(world, out, resume, log, train_path, valid_path)
     data = _encode_train(cfg, toks, train_ex, log)
     # On resume the weights come from the train state; otherwise from the init run (unless from scratch).
     model = finetune_model(cfg, None if resume or from_scratch else init, log)
@@ -615,6 +609,16 @@ def _objective(p: PretrainConfig, tok: Tokenizer) -> Objective:
             '"\\n" among its texts, or let pretrain train one (no --tokenizer)'
         )
     return objective
+
+
+def _record_pairs(
+    world: World, out: Path, resume: bool, log: Any, train_path: str | Path, valid_path: str | Path
+) -> None:
+    """:func:`_record_data` for ``train`` / ``finetune``: the digests of their train and valid files."""
+    if world.is_main:
+        _record_data(
+            out, resume, log, train=sha256_file(Path(train_path)), valid=sha256_file(Path(valid_path))
+        )
 
 
 def _record_data(out: Path, resume: bool, log: Any, **digests: str) -> None:
