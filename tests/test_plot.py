@@ -71,3 +71,17 @@ def test_plot_errors_name_the_file_and_line(tmp_path, capsys, content, reason):
     err = capsys.readouterr().err
     assert err.startswith("bigseq plot: error: ") and reason in err and err.count("\n") == 1, err
     assert not (run / "curves.png").exists()
+
+
+def test_plot_format_follows_the_suffix(tmp_path, capsys):
+    """--out x.pdf writes a PDF, x.svg an SVG (not a PNG under another name); an unknown suffix is refused."""
+    run = tmp_path / "run"
+    _write_metrics(run, [_record(s) for s in (10, 20)])
+    assert plot_run(run, tmp_path / "c.pdf").read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in plot_run(run, tmp_path / "c.svg").read_bytes()[:1000]
+    assert plot_run(run, tmp_path / "c.JPG").read_bytes()[:3] == b"\xff\xd8\xff"
+    assert plot_run(run, tmp_path / "noext").read_bytes()[:8] == PNG_MAGIC
+    assert main(["plot", str(run), "--out", str(tmp_path / "c.docx")]) == 2
+    err = capsys.readouterr().err
+    assert "c.docx: cannot draw a plot as '.docx'" in err and ".pdf" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "c.docx").exists()

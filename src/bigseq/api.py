@@ -275,16 +275,18 @@ NOTICES = ("data:", "resume:", "run:")
 
 
 def _new_run_dir(out: Path, log: Any) -> None:
-    """Make ``out`` for a new run. One that holds weights or a train state is refused (nothing is lost); one
-    whose run stopped before its first checkpoint (a config and tokenizer, nothing trained: a data error, a
-    kill, Ctrl-C before the first save) is started again, or it could be neither resumed nor reused. Other
-    files may be there (``--out RUN > RUN/train.log`` makes one first), but none a run writes: a user's own
-    config.yaml or metrics.jsonl would be overwritten. A file at ``out`` is refused too."""
+    """Make ``out`` for a new run. One that holds a train state or a finished run's summary is refused
+    (nothing is lost); one whose run stopped before its first checkpoint was complete (a config and
+    tokenizer, no train state: a data error, a kill or Ctrl-C before or during the first save, a full disk)
+    is started again, or it could be neither resumed nor reused. Other files may be there (``--out RUN >
+    RUN/train.log`` makes one first), but none a run writes: a user's own config.yaml or metrics.jsonl would
+    be overwritten. A file at ``out`` is refused too."""
     if out.exists() and not out.is_dir():
         raise BigseqError(f"{out}: is a file; --out names a directory for the run")
-    if (out / WEIGHTS_FILE).exists() or (out / STATE_DIR / STATE_FILE).exists():
+    has_state = (out / STATE_DIR / STATE_FILE).exists() or (out / SUMMARY_FILE).exists()
+    failed_run = not has_state and (out / CONFIG_FILE).is_file() and (out / TOKENIZER_FILE).is_file()
+    if has_state or ((out / WEIGHTS_FILE).exists() and not failed_run):
         raise BigseqError(f"{out}: already holds a run; choose a new --out or pass --resume")
-    failed_run = (out / CONFIG_FILE).is_file() and (out / TOKENIZER_FILE).is_file()
     if out.is_dir() and not failed_run:
         clash = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES)
         if clash:
@@ -293,8 +295,12 @@ def _new_run_dir(out: Path, log: Any) -> None:
                 "run would overwrite them: choose another --out"
             )
     if failed_run:
-        log(f"run: {out} stopped before any checkpoint (no weights, no train state); starting it again")
-        shutil.rmtree(out / TENSORBOARD_DIR, ignore_errors=True)  # its curve would be drawn under the new one
+        log(f"run: {out} stopped before its first complete checkpoint (no train state); starting it again")
+        # Its curve would be drawn under the new one; its weights (a kill between publishing them and the
+        # train state) and snapshots would pass for the new run's until it replaced them.
+        for name in (TENSORBOARD_DIR, STATE_DIR, "snapshots"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / WEIGHTS_FILE).unlink(missing_ok=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. a file where a parent directory should be
@@ -302,9 +308,10 @@ def _new_run_dir(out: Path, log: Any) -> None:
     (out / "metrics.jsonl").unlink(missing_ok=True)
 
 
+SUMMARY_FILE = "summary.json"
 # The names a run writes in its directory (besides its shards/, which guard themselves, and a plot).
 RUN_FILES = {CONFIG_FILE, TOKENIZER_FILE, TARGET_TOKENIZER_FILE, WEIGHTS_FILE, STATE_DIR, TENSORBOARD_DIR,
-             "metrics.jsonl", "summary.json", "snapshots", DATA_FILE}  # fmt: skip
+             "metrics.jsonl", SUMMARY_FILE, "snapshots", DATA_FILE}  # fmt: skip
 
 
 # The train settings a resumed run keeps from the run, whatever the command says, and why. The batch order:
@@ -316,6 +323,11 @@ KEPT_ON_RESUME = {
     "seed": "it fixes the batch order",
     "metric": "the best weights so far were chosen by it",
     "wise_alpha": "the weights published so far were mixed by it (and config.yaml says so)",
+    "keep": "the published weights and the best so far were chosen by it",
+    # The trained module itself: the train state holds these adapters, trains these parameters.
+    "lora_rank": "the train state's adapters have this rank",
+    "lora_alpha": "the adapters were trained at this scale (and config.yaml says so)",
+    "freeze": "the train state's optimizer holds the parameters it left trainable",
 }
 
 
@@ -352,9 +364,8 @@ def _saved(cfg: Config, out: Path) -> Config:
 
 def _join(world: World, out: Path, cfg: Config, resume: bool) -> tuple[Config, TokenizerPair]:
     """The config and tokenizers every rank trains with. Under torchrun rank 0 has just prepared a new run
-    directory (tokenizer, config); the other ranks wait for it, then read the same config and tokenizer
-    from it, so every rank builds the same model."""
-    world.barrier()
+    directory (tokenizer, config; the other ranks waited for it in ``world.main_first()``): the others read
+    the same config and tokenizer from it, so every rank builds the same model."""
     return (cfg if resume or world.is_main else _saved(cfg, out)), TokenizerPair.load(out)
 
 
@@ -426,7 +437,8 @@ def _fit(
     summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=_export(cfg, log))
     record = {**summary.as_dict(), **(report or {})}
     if setup(cfg.train.device).is_main:
-        (out / "summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(record, indent=2) + "\n"
+        atomic_write(out / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return summary
 
 
@@ -450,26 +462,27 @@ def train(
     else:
         _no_init(cfg, log)
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
-    if not resume and world.is_main:
-        _new_run_dir(out, log)
-        d = cfg.data
-        t0 = time.perf_counter()
-        toks = build_tokenizers(
-            [e.source for e in train_ex],
-            [t for e in train_ex for t in e.targets],
-            d.src_tokenizer,
-            d.tgt_tokenizer,
-            d.vocab_size,
-            d.shared_vocab,
-        )
-        log(f"tokenizer: {toks.src.vocab_size} source / {toks.tgt.vocab_size} target types "
-            f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
-        cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = toks.src.vocab_size, toks.tgt.vocab_size
-        cfg.model.shared_vocab = d.shared_vocab
-        _use_labels(cfg, train_ex, train_path, log)
-        cfg.validate()
-        toks.save(out)
-        cfg.save(out / CONFIG_FILE)
+    with world.main_first():  # the others wait for the run directory (or rank 0's error)
+        if not resume and world.is_main:
+            _new_run_dir(out, log)
+            d = cfg.data
+            t0 = time.perf_counter()
+            toks = build_tokenizers(
+                [e.source for e in train_ex],
+                [t for e in train_ex for t in e.targets],
+                d.src_tokenizer,
+                d.tgt_tokenizer,
+                d.vocab_size,
+                d.shared_vocab,
+            )
+            log(f"tokenizer: {toks.src.vocab_size} source / {toks.tgt.vocab_size} target types "
+                f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+            cfg.model.src_vocab_size, cfg.model.tgt_vocab_size = toks.src.vocab_size, toks.tgt.vocab_size
+            cfg.model.shared_vocab = d.shared_vocab
+            _use_labels(cfg, train_ex, train_path, log)
+            cfg.validate()
+            toks.save(out)
+            cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
     _record_pairs(world, out, resume, log, train_path, valid_path)
     data = _encode_train(cfg, toks, train_ex, log)
@@ -543,29 +556,30 @@ def finetune(
     # first: the saved data settings say how to read the data
     cfg = _resumed(cfg, out, log) if resume else cfg
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
-    if not resume and world.is_main:
-        if not (init / CONFIG_FILE).is_file():
-            raise BigseqError(
-                f"{init}: not a run directory (no {CONFIG_FILE}); pass a pretrained run to --init"
-            )
-        init_cfg = Config.load(init / CONFIG_FILE, run=True)
-        toks = TokenizerPair.load(init)
-        init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
-        cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
-        for key in TOKENIZER_KEYS:  # the init run's tokenizer, which its weights were trained with
-            asked, theirs = getattr(cfg.data, key), getattr(init_cfg.data, key)
-            if asked not in (getattr(DataConfig(), key), theirs):  # as model keys: not ignored silently
-                raise ConfigError(
-                    f"data.{key}={asked}: fine-tuning keeps the tokenizer of {init} (data.{key}={theirs})"
+    with world.main_first():  # the others wait for the run directory (or rank 0's error)
+        if not resume and world.is_main:
+            if not (init / CONFIG_FILE).is_file():
+                raise BigseqError(
+                    f"{init}: not a run directory (no {CONFIG_FILE}); pass a pretrained run to --init"
                 )
-            setattr(cfg.data, key, theirs)
-        cfg.train.init = None if from_scratch else str(init.resolve())
-        cfg.train.init_sha256 = init_sha256
-        _use_labels(cfg, train_ex, train_path, log)
-        cfg.validate()
-        _new_run_dir(out, log)  # after the checks above: a refused fine-tuning leaves no directory behind
-        toks.save(out)
-        cfg.save(out / CONFIG_FILE)
+            init_cfg = Config.load(init / CONFIG_FILE, run=True)
+            toks = TokenizerPair.load(init)
+            init_sha256 = None if from_scratch else weights_sha256(init / WEIGHTS_FILE)
+            cfg.model = _finetune_model_config(cfg.model, init_cfg.model, init, log)
+            for key in TOKENIZER_KEYS:  # the init run's tokenizer, which its weights were trained with
+                asked, theirs = getattr(cfg.data, key), getattr(init_cfg.data, key)
+                if asked not in (getattr(DataConfig(), key), theirs):  # as model keys: not ignored silently
+                    raise ConfigError(
+                        f"data.{key}={asked}: fine-tuning keeps the tokenizer of {init} (data.{key}={theirs})"
+                    )
+                setattr(cfg.data, key, theirs)
+            cfg.train.init = None if from_scratch else str(init.resolve())
+            cfg.train.init_sha256 = init_sha256
+            _use_labels(cfg, train_ex, train_path, log)
+            cfg.validate()
+            _new_run_dir(out, log)  # after the checks above: a refused fine-tuning leaves no directory behind
+            toks.save(out)
+            cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
     _record_pairs(world, out, resume, log, train_path, valid_path)
     data = _encode_train(cfg, toks, train_ex, log)
@@ -741,40 +755,41 @@ def pretrain(
                 f"model.max_positions ({cfg.model.max_positions})"
             )
         check_window(p.objective, p.window_tokens, p.noise_density, p.mean_span_length)
-    if not resume and world.is_main:
-        given = None if tokenizer is None else Tokenizer.load(tokenizer)
-        if given is not None:  # refused before anything is written if the objective cannot use it
-            with naming_errors(tokenizer):
-                _objective(cfg.pretrain, given)
-        _new_run_dir(out, log)
-        d = cfg.data
-        t0 = time.perf_counter()
-        if given is not None:
-            tok = given
-        else:
-            # A document's lines are joined with the newline token; the corpus' lines hold none, so a char
-            # vocabulary would lack it and the lines ran together ("sat" + "on" -> "saton"): add it.
-            newline = ["\n"] if d.src_tokenizer == "char" else []
-            tok = Tokenizer.train(
-                itertools.chain(iter_texts(files), newline), d.src_tokenizer, d.vocab_size,
-                extra_special_tokens=PRETRAIN_SPECIAL_TOKENS,
-            )  # fmt: skip
-        log(f"tokenizer: {tok.mode}, {tok.vocab_size:,} types ({time.perf_counter() - t0:.1f}s)")
-        d.src_tokenizer = d.tgt_tokenizer = tok.mode
-        d.shared_vocab = cfg.model.shared_vocab = True
-        cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = tok.vocab_size
-        cfg.metrics, cfg.train.metric = [], "loss"
-        cfg.validate()
-        TokenizerPair(tok, tok, shared=True).save(out)
-        cfg.save(out / CONFIG_FILE)
+    with world.main_first():  # the others wait for the run directory (or rank 0's error)
+        if not resume and world.is_main:
+            given = None if tokenizer is None else Tokenizer.load(tokenizer)
+            if given is not None:  # refused before anything is written if the objective cannot use it
+                with naming_errors(tokenizer):
+                    _objective(cfg.pretrain, given)
+            _new_run_dir(out, log)
+            d = cfg.data
+            t0 = time.perf_counter()
+            if given is not None:
+                tok = given
+            else:
+                # A document's lines are joined with the newline token; the corpus' lines hold none, so a char
+                # vocabulary would lack it and the lines ran together ("sat" + "on" -> "saton"): add it.
+                newline = ["\n"] if d.src_tokenizer == "char" else []
+                tok = Tokenizer.train(
+                    itertools.chain(iter_texts(files), newline), d.src_tokenizer, d.vocab_size,
+                    extra_special_tokens=PRETRAIN_SPECIAL_TOKENS,
+                )  # fmt: skip
+            log(f"tokenizer: {tok.mode}, {tok.vocab_size:,} types ({time.perf_counter() - t0:.1f}s)")
+            d.src_tokenizer = d.tgt_tokenizer = tok.mode
+            d.shared_vocab = cfg.model.shared_vocab = True
+            cfg.model.src_vocab_size = cfg.model.tgt_vocab_size = tok.vocab_size
+            cfg.metrics, cfg.train.metric = [], "loss"
+            cfg.validate()
+            TokenizerPair(tok, tok, shared=True).save(out)
+            cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
     p = cfg.pretrain
     t0 = time.perf_counter()
     shard_dir = Path(shards_dir or out / "shards")
     # Rank 0 tokenizes (or reuses) the corpus; the others open what it built.
-    if world.is_main:
-        shards = build_shards(files, toks.src, shard_dir, shard_tokens=p.shard_tokens)
-    world.barrier()
+    with world.main_first():
+        if world.is_main:
+            shards = build_shards(files, toks.src, shard_dir, shard_tokens=p.shard_tokens)
     if not world.is_main:
         shards = ShardSet(shard_dir, reused=True)
     if world.is_main:

@@ -170,10 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_flags(e)
     e.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    pl = sub.add_parser("plot", help="draw a run's learning curves (metrics.jsonl) into a PNG")
+    pl = sub.add_parser(
+        "plot", help="draw a run's learning curves (metrics.jsonl) into a PNG (or PDF, SVG, ...)"
+    )
     pl.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     pl.add_argument(
-        "--out", type=Path, metavar="FILE.png", help="where the PNG goes (default: RUN_DIR/curves.png)"
+        "--out",
+        type=Path,
+        metavar="FILE.png",
+        help="where the figure goes, its format by the suffix: .png, .pdf, .svg, .jpg, ... (default: RUN_DIR/curves.png)",
     )
     return parser
 
@@ -366,11 +371,16 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _output_line(hyps: list[tuple[str, float]], form: str) -> str:
     """One input's outputs as one line. ``text``: the hypotheses tab-separated, a newline, carriage return or
-    tab inside one written as ``\\n``, ``\\r``, ``\\t`` (a model with such tokens, e.g. byte-level BPE, can
+    tab inside one written as ``\\n``, ``\\r``, ``\\t`` and a backslash as ``\\\\`` (a model with such tokens, e.g. byte-level BPE, can
     emit them; the line count must stay the input count). ``jsonl``: exact texts with their log-probabilities."""
     if form == "jsonl":
         return json.dumps({"hypotheses": [{"text": t, "log_prob": lp} for t, lp in hyps]}, ensure_ascii=False)
-    return "\t".join(t.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t") for t, _ in hyps)
+    return "\t".join(_escaped(t) for t, _ in hyps)
+
+
+def _escaped(text: str) -> str:
+    """A backslash first (``\\\\``), so an output holding a literal ``\\n`` stays distinct from an escaped newline."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -406,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
             code = verbs[args.verb](args) or 0
         finished = True
     except BigseqError as e:
-        print(f"bigseq {args.verb}: error: {e}", file=sys.stderr)
+        # Under torchrun every rank meets the same user error: rank 0 says it (the others exit 2 as well).
+        if not getattr(e, "quiet", False) and os.environ.get("RANK", "0") == "0":
+            print(f"bigseq {args.verb}: error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print(f"bigseq {args.verb}: interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Learning curves of a run directory as one PNG: ``bigseq plot RUN_DIR``.
+"""Learning curves of a run directory as one figure: ``bigseq plot RUN_DIR`` (PNG, or PDF / SVG / ... by ``--out``'s suffix).
 
 Reads ``RUN_DIR/metrics.jsonl`` (one record per evaluation, written by the training loop) and draws the
 train and valid loss against the step in the first panel, and each task metric in a panel of its own
@@ -19,6 +19,8 @@ from bigseq.errors import BigseqError, DataError, output_file
 
 METRICS_FILE = "metrics.jsonl"
 DEFAULT_OUT = "curves.png"
+# Formats Agg writes without extra tools (pgf needs LaTeX); a name without a suffix gets a PNG.
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg", "webp", "tif", "tiff", "eps", "ps")
 # Validation figures that are not task metrics: the loss panel has the loss, the rest are counts.
 _NOT_TASK_METRICS = {"valid_loss", "valid_perplexity", "valid_n", "valid_n_decoded"}
 
@@ -83,13 +85,22 @@ def curves_figure(records: list[dict]) -> Figure:
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the learning curves of ``run_dir`` into a PNG (default ``RUN_DIR/curves.png``); returns its path.
+    """Draw the learning curves of ``run_dir`` into ``out`` (default ``RUN_DIR/curves.png``), in the format its
+    suffix names (one of ``FORMATS``; none: PNG); returns its path.
 
     Rendered with Agg on a bare Figure, not pyplot: no display needed and no global state touched."""
+    out = Path(out) if out is not None else Path(run_dir) / DEFAULT_OUT
+    form = out.suffix.lower().removeprefix(".") or "png"
+    if form not in FORMATS:
+        # Writing a PNG under the name x.jpg would mislabel the file; say which suffixes work instead.
+        raise BigseqError(
+            f"{out}: cannot draw a plot as '.{form}'; name a file ending in "
+            + ", ".join(f".{f}" for f in FORMATS)
+        )
     records = read_metrics(run_dir)
-    out = output_file(out if out is not None else Path(run_dir) / DEFAULT_OUT, "the plot")
+    out = output_file(out, "the plot")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig = curves_figure(records)
     fig.suptitle(str(run_dir))
-    FigureCanvasAgg(fig).print_png(out)
+    FigureCanvasAgg(fig).print_figure(out, format=form)
     return out

@@ -415,6 +415,8 @@ def test_generate_keeps_one_line_per_input_whatever_the_output_holds():
 
     hyps = [("two\nlines", -1.0), ("a\ttab\r", -2.5)]
     assert _output_line(hyps, "text") == "two\\nlines\ta\\ttab\\r"
+    # a literal backslash-n (e.g. code in the output) must not read as an escaped newline
+    assert _output_line([("a\\nb", 0.0), ("a\nb", 0.0)], "text") == "a\\\\nb\ta\\nb"
     assert json.loads(_output_line(hyps, "jsonl")) == {
         "hypotheses": [{"text": "two\nlines", "log_prob": -1.0}, {"text": "a\ttab\r", "log_prob": -2.5}]
     }

@@ -325,9 +325,11 @@ def _same_weights(a: Path, b: Path) -> None:
     assert all(torch.equal(x[k], y[k]) for k in x), "the resumed run diverged from the uninterrupted one"
 
 
-def test_pretrain_and_lora_finetune_resume_exactly(pretrained, tmp_path):
+def test_pretrain_and_lora_finetune_resume_exactly(pretrained, tmp_path, capsys):
     """Stopped at step 4 and resumed to 8 == straight to 8, bit for bit: the pretraining chunk order and noise,
-    and the LoRA adapters' optimizer state all come back. (inverse_sqrt: the schedule depends on the step only.)"""
+    and the LoRA adapters' optimizer state all come back. (inverse_sqrt: the schedule depends on the step only.)
+    The fine-tune is resumed without its LoRA / WiSE flags and with another alpha: the run's are kept (they
+    define the module trained; other values failed to load, or silently trained at another scale)."""
     run, train, valid = pretrained
     common = [*FAST, "--set", "train.schedule=inverse_sqrt", "--set", "train.eval_every=4"]
     common += ["--set", "model.dropout=0.1"]
@@ -349,8 +351,15 @@ def test_pretrain_and_lora_finetune_resume_exactly(pretrained, tmp_path):
     data += ["--wise-alpha", "0.5"]  # the resumed run must still find the init weights to mix in
     for out, steps in ((tmp_path / "f-straight", ["8"]), (tmp_path / "f-resumed", ["4", "8"])):
         for i, n in enumerate(steps):
-            args = ["finetune", *data, "--out", str(out), "--max-steps", n, *common]
-            assert main([*args, *(["--resume"] if i else [])]) == 0
+            flags = [*data[:6], "--lora-alpha", "64", "--resume"] if i else data
+            args = ["finetune", *flags, "--out", str(out), "--max-steps", n, *common]
+            capsys.readouterr()
+            assert main(args) == 0
+    err = capsys.readouterr().err
+    for kept in ("lora_rank=4 of the run (asked for 0)", "lora_alpha=16.0 of the run (asked for 64.0)",
+                 "wise_alpha=0.5 of the run (asked for 1.0)"):  # fmt: skip
+        assert f"resume: keeping train.{kept}" in err, err
+    assert Config.load(tmp_path / "f-resumed" / "config.yaml").train.lora_alpha == 16.0
     _same_weights(tmp_path / "f-straight", tmp_path / "f-resumed")
     published = [load_file(tmp_path / d / "model.safetensors") for d in ("f-straight", "f-resumed")]
     assert all(torch.equal(published[0][k], published[1][k]) for k in published[0])

@@ -31,12 +31,13 @@ def records(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def torchrun(*args):
+def torchrun(*args, ok=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "bigseq.cli", *args]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode == 0) == ok, proc.stderr[-3000:]
+    return proc
 
 
 def assert_same_curve(a, b):
@@ -82,6 +83,20 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, reverse_ta
     torchrun("train", *data, "--out", str(tmp_path / "fsdp"), *COMMON, "--max-steps", "16", "--resume",
              "--set", "train.distributed=fsdp")  # fmt: skip
     assert_same_curve(records(one), records(tmp_path / "fsdp"))
+    # A DDP run scaled onto FSDP: its optimizer state, keyed by position, goes into the shards by name.
+    torchrun("train", *data, "--out", str(tmp_path / "ddp"), *COMMON, "--max-steps", "16", "--resume",
+             "--set", "train.distributed=fsdp")  # fmt: skip
+    assert_same_curve(records(one), records(tmp_path / "ddp"))
+    # A user error only rank 0 meets (--out holds a run, checked while it prepares the run directory): one
+    # line from rank 0, the other rank exits too, without a broken collective's traceback.
+    failed = torchrun("train", *data, "--out", str(one), *COMMON, ok=False)
+    errors = [x for x in failed.stderr.splitlines() if x.startswith("bigseq train: error:")]
+    assert errors == [f"bigseq train: error: {one}: already holds a run; choose a new --out or pass --resume"]
+    # torchrun's own ChildFailedError is the one traceback; rank 1 also exited 2
+    assert failed.stderr.count("Traceback") == 1 and "RuntimeError" not in failed.stderr, failed.stderr[
+        -3000:
+    ]
+    assert failed.stderr.count("exitcode  : 2") == 2
 
 
 def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_task):

@@ -173,6 +173,9 @@ def test_ctrl_c_between_evaluations_resumes_bit_for_bit(tmp_path, monkeypatch):
     a, b = (load_file(state_weights(tmp_path / name)) for name in ("straight", "stopped"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run diverged"
     assert resumed.flops == straight.flops > 0  # the compute count is saved with the checkpoint
+    # the final row's train_loss is the mean over all 10 steps, the 5 before the stop included
+    rows = [json.loads((tmp_path / n / "metrics.jsonl").read_text()) for n in ("straight", "stopped")]
+    assert rows[0]["train_loss"] == rows[1]["train_loss"] is not None
 
 
 def test_early_stopping_and_accumulation(tmp_path):
@@ -341,7 +344,7 @@ def test_a_stop_at_an_evaluation_step_is_evaluated_on_resume_and_metrics_keep_on
     monkeypatch.undo()
     resumed = bigseq.api.train(cfg(), train, valid, tmp_path / "stopped", resume=True, **quiet)
     assert (resumed.steps, resumed.best_step, resumed.stopped_by) == (10, 10, "max_steps")
-    drop = ("elapsed_s", "train_loss")  # the resumed run trained nothing since its resume
+    drop = ("elapsed_s",)  # train_loss too is the uninterrupted run's (the stop came before its row)
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "stopped")] == [
         {k: v for k, v in r.items() if k not in drop} for r in rows(tmp_path / "straight")
     ]
@@ -377,7 +380,7 @@ def test_resume_keeps_the_runs_metric_and_batch_order_and_says_so(tmp_path):
     first = _cfg("train.max_steps=4", "train.eval_every=2", "train.metric=exact_match")
     bigseq.api.train(first, train, valid, run, progress=False, log=lambda *a: None)
     said = []
-    again = _cfg("train.max_steps=6", "train.eval_every=2", "train.batch_tokens=700")  # metric: loss
+    again = _cfg("train.max_steps=6", "train.eval_every=2", "train.batch_tokens=700", "train.keep=last")
     summary = bigseq.api.train(again, train, valid, run, resume=True, progress=False, log=said.append)
     assert summary.best_metric == "exact_match" and summary.steps == 6
     assert (
@@ -385,6 +388,9 @@ def test_resume_keeps_the_runs_metric_and_batch_order_and_says_so(tmp_path):
         in "\n".join(said)
     )
     assert any("keeping train.batch_tokens=1000 of the run (asked for 700)" in s for s in said)
+    # keep=last would pair the best value so far with the latest weights in summary.json
+    assert any("keeping train.keep=best of the run (asked for last)" in s for s in said)
+    assert summary.kept == "best"
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again_and_says_what_it_published(
@@ -480,3 +486,53 @@ def test_train_refuses_fine_tuning_settings_and_a_resume_is_validated_as_it_will
     asked = _cfg("train.max_steps=2", "train.compile=true")  # valid for the Transformer this config names
     with pytest.raises(ConfigError, match="config.yaml with the settings asked now: train.compile supports"):
         bigseq.api.train(asked, train, valid, run, resume=True, **quiet)
+
+
+def test_a_run_that_used_its_minutes_stays_done_on_resume(tmp_path):
+    """A run ended by --max-minutes, resumed with the same budget, stops at once (each resume trained one
+    more step, evaluated and, with keep=last, republished); a higher budget trains on."""
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run, quiet = tmp_path / "run", {"progress": False, "log": lambda *a: None}
+    cfg = _cfg("train.max_minutes=0.0001", "train.keep=last")  # out of time after the first step
+    first = bigseq.api.train(cfg, train, valid, run, **quiet)
+    assert (first.steps, first.stopped_by) == (1, "max_minutes")
+    weights = (run / "model.safetensors").read_bytes()
+    again = bigseq.api.train(cfg, train, valid, run, resume=True, **quiet)
+    assert again.steps == 1 and "raise --max-minutes to go on" in again.stopped_by
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert (run / "model.safetensors").read_bytes() == weights
+    cfg.train.max_minutes, cfg.train.max_steps = 60, 3
+    assert bigseq.api.train(cfg, train, valid, run, resume=True, **quiet).steps == 3
+
+
+def test_a_failed_first_checkpoint_is_one_line_and_the_run_starts_again(tmp_path, monkeypatch, capsys):
+    """A disk that fills up while the first train state is written: one line naming the file (torch's zip
+    writer says only "unexpected pos"), nothing half-written. The published weights are on disk but no train
+    state: the same command starts the run again (it was refused as "already holds a run", and --resume
+    found nothing to resume)."""
+    import importlib
+
+    checkpoint = importlib.import_module("bigseq.train.checkpoint")
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    run = tmp_path / "run"
+    args = ["train", "--train", str(train), "--valid", str(valid), "--out", str(run), "--preset", "tiny",
+            "--max-steps", "2", "--quiet", "--set", "train.batch_tokens=1000"]  # fmt: skip
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)  # part of it reached the disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 213952 vs 213840")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    capsys.readouterr()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("bigseq train: error: "), err
+    assert "state.pt: cannot write (" in last and "the previous file is kept" in last
+    assert (run / "model.safetensors").is_file() and not (run / "train_state" / "state.pt").exists()
+    assert not [p for p in (run / "train_state").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert cli.main(args) == 0
+    assert "starting it again" in capsys.readouterr().err
+    assert torch.load(run / "train_state/state.pt", weights_only=True)["progress"]["step"] == 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,9 +63,17 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # A full disk or a lost mount is the user's to fix, not a traceback (torch's zip writer says only
+        # "unexpected pos ..."): one line naming the file; the file it would have replaced is untouched.
+        if isinstance(e, OSError | RuntimeError | SafetensorError):
+            free = shutil.disk_usage(path.parent).free / 2**20
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+            raise BigseqError(
+                f"{path}: cannot write ({reason}; {free:,.0f} MiB free on its disk); the previous file is kept"
+            ) from None
         raise
 
 

@@ -23,16 +23,30 @@ How the loop uses a world of N (train/loop.py):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from bigseq.errors import ConfigError
+from bigseq.errors import BigseqError, ConfigError
+
+# How long the other ranks wait for rank 0 to prepare a run (train a tokenizer, tokenize a corpus into shards):
+# hours on a large corpus, far past the collectives' timeout. A rank 0 that dies is torchrun's to clean up.
+PREPARE_TIMEOUT = datetime.timedelta(days=7)
+_prepare_count = itertools.count()
+
+
+class StoppedOnRankZero(BigseqError):
+    """Raised on the other ranks when rank 0 stopped with a user error while preparing: rank 0 prints it,
+    they exit with the same status and say nothing (one message, not one per rank)."""
+
+    quiet = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,30 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Around work that rank 0 alone does (its body guarded by ``is_main``) and the others need done:
+        they wait at the end of the block, with no collective's time limit, for rank 0's word through the
+        process group's store; if rank 0 stopped with a user error they raise :class:`StoppedOnRankZero`
+        (rank 0 reports it) rather than a broken collective's traceback."""
+        key = f"bigseq/main_first/{next(_prepare_count)}"  # every rank makes the same sequence of calls
+        store = dist.distributed_c10d._get_default_store() if self.distributed else None
+        try:
+            yield
+        except BigseqError as e:
+            if store is not None and self.is_main:
+                store.set(key, f"error: {e}")
+            raise
+        if store is None:
+            return
+        if self.is_main:
+            store.set(key, "ok")
+            return
+        store.wait([key], PREPARE_TIMEOUT)
+        word = store.get(key).decode()
+        if word != "ok":
+            raise StoppedOnRankZero(word.removeprefix("error: "))
 
 
 def setup(device: str = "auto", timeout_minutes: float = 30.0) -> World:
@@ -202,4 +240,26 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: di
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    state = _keyed_by_name(model, opt, state)
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _keyed_by_name(model: nn.Module, opt: torch.optim.Optimizer, state: dict) -> dict:
+    """``state`` keyed by parameter name, as FSDP's loader reads it. One process and DDP save
+    ``opt.state_dict()``, keyed by each parameter's position in the optimizer's groups: map the positions
+    to the names of the parameters at those places in ``opt`` (built by the same ``make_optimizer``), so a
+    run started on one process or with DDP resumes sharded."""
+    groups = state["param_groups"]
+    if all(isinstance(i, str) for g in groups for i in g["params"]):
+        return state
+    if len(groups) != len(opt.param_groups):
+        raise ValueError(f"{len(groups)} parameter groups saved, {len(opt.param_groups)} in the optimizer")
+    names = {id(p): n for n, p in model.named_parameters()}
+    name_of = {}
+    for saved, live in zip(groups, opt.param_groups, strict=True):
+        for i, p in zip(saved["params"], live["params"], strict=True):  # ValueError: another model
+            name_of[i] = names[id(p)]
+    return {
+        "state": {name_of[i]: v for i, v in state["state"].items()},
+        "param_groups": [{**g, "params": [name_of[i] for i in g["params"]]} for g in groups],
+    }

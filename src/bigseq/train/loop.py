@@ -169,6 +169,12 @@ class Progress:
     # the step of the latest evaluation (None in states from before it was saved): a stop by a signal at a
     # step due for evaluation saves before evaluating, and the resumed run evaluates it first
     evaluated_step: int | None = 0
+    # Sums of the per-token training loss since the last evaluation (metrics.jsonl's train_loss) and since the
+    # last log (TensorBoard's train/loss), so that a resumed run logs the same means as an uninterrupted one.
+    interval_loss: float = 0.0
+    interval_steps: int = 0
+    log_loss: float = 0.0
+    log_steps: int = 0
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -245,7 +251,7 @@ def fit(
     train state keeps ``model`` itself so a resume continues exactly.
 
     Each ``metrics.jsonl`` record also holds ``train_loss``, the mean training loss since the previous
-    evaluation (after a resume: since the resume)."""
+    evaluation."""
     export = export or (lambda m: m)
     tc, out = cfg.train, Path(out_dir)
     # Under torchrun every rank trains; only rank 0 writes the run directory and validates.
@@ -325,8 +331,7 @@ def fit(
     bar = tqdm(total=None if tc.max_minutes else tc.max_steps, initial=pr.step, unit="step",
                disable=not (progress and is_main), dynamic_ncols=True, mininterval=0.5)  # fmt: skip
     model.train()
-    window_loss, window_steps, window_tokens, window_t = 0.0, 0, 0, time.perf_counter()
-    interval_loss, interval_steps = 0.0, 0  # for the train_loss of the next metrics record
+    window_tokens, window_t = 0, time.perf_counter()  # for tokens/s (the loss sums are in ``pr``)
     # Model FLOPs from each batch's padded shape (None: the model does not count them), for the FLOP/s shown
     # beside tokens/s and the compute a run has spent (metrics.jsonl, summary.json).
     counts_flops = train_flops(model, 1, 1, 1) is not None
@@ -338,7 +343,6 @@ def fit(
 
         def evaluate_and_save(step: int, out_of_time: bool) -> str | None:
             """Evaluate, log, keep the best, save the train state; the reason to stop, if any."""
-            nonlocal interval_loss, interval_steps
             # Validate what would be published (e.g. LoRA merged, WiSE-FT mixed), so that the figure logged and
             # the choice of the best are about those weights.
             full = plain()  # a collective under FSDP: every rank takes part
@@ -366,10 +370,10 @@ def fit(
                 "flops": int(pr.flops) if counts_flops else None,
                 "lr": opt.param_groups[0]["lr"],
                 "elapsed_s": round(time.perf_counter() - t0, 2),
-                "train_loss": interval_loss / interval_steps if interval_steps else None,
+                "train_loss": pr.interval_loss / pr.interval_steps if pr.interval_steps else None,
                 **{f"valid_{k}": v for k, v in result.items()},
             }
-            interval_loss, interval_steps = 0.0, 0
+            pr.interval_loss, pr.interval_steps = 0.0, 0
             if is_main:
                 with metrics_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(_json_numbers(record), allow_nan=False) + "\n")
@@ -390,10 +394,16 @@ def fit(
             return None
 
         # A stop by a signal at a step due for evaluation saved without evaluating it: evaluate it now.
-        due = pr.step > 0 and (pr.step % tc.eval_every == 0 or pr.step >= tc.max_steps)
+        spent = (
+            pr.elapsed >= budget_s
+        )  # the run's minutes were used up (a resume with the same --max-minutes)
+        due = pr.step > 0 and (pr.step % tc.eval_every == 0 or pr.step >= tc.max_steps or spent)
         stop = None
         if resume and due and pr.evaluated_step is not None and pr.evaluated_step < pr.step:
-            stop = evaluate_and_save(pr.step, False)
+            stop = evaluate_and_save(pr.step, spent)
+        if stop is None and resume and spent:
+            # An uninterrupted run stopped here; without this, each resume trained one more step and evaluated.
+            stop = f"max_minutes ({pr.elapsed / 60:.1f} minutes used; raise --max-minutes to go on)"
         if stop is None and resume and tc.patience and pr.bad_evals >= tc.patience:
             # The run had stopped early: resuming (e.g. with more max_steps) must not train on until the
             # next evaluation, which an uninterrupted run would never have reached.
@@ -477,16 +487,16 @@ def fit(
                 continue
             opt.step()
             pr.step, pr.bad_steps = step, 0
-            window_loss += step_loss / n_tgt
-            window_steps += 1
+            pr.log_loss += step_loss / n_tgt
+            pr.log_steps += 1
             window_tokens += step_tokens
             window_flops += step_flops
-            interval_loss += step_loss / n_tgt
-            interval_steps += 1
+            pr.interval_loss += step_loss / n_tgt
+            pr.interval_steps += 1
 
             if step % tc.log_every == 0:
                 now = time.perf_counter()
-                mean_loss = window_loss / max(window_steps, 1)
+                mean_loss = pr.log_loss / max(pr.log_steps, 1)
                 tokens_per_s = window_tokens / (now - window_t)
                 flops_per_s = window_flops / (now - window_t)
                 lr = opt.param_groups[0]["lr"]
@@ -507,7 +517,8 @@ def fit(
                     tb.add_scalar("train/tokens_per_s", tokens_per_s, step)
                     if counts_flops:
                         tb.add_scalar("train/model_flops_per_s", flops_per_s, step)
-                window_loss, window_steps, window_tokens, window_flops, window_t = 0.0, 0, 0, 0.0, now
+                pr.log_loss, pr.log_steps = 0.0, 0
+                window_tokens, window_flops, window_t = 0, 0.0, now
             bar.update(1)
 
             elapsed_now = time.perf_counter() - t0
