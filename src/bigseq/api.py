@@ -73,12 +73,18 @@ class Seq2SeqRun:
     """A trained run directory: config, tokenizer(s) and weights, ready to generate, score and evaluate."""
 
     def __init__(
-        self, run_dir: str | Path, config: Config, toks: TokenizerPair, model: torch.nn.Module
+        self,
+        run_dir: str | Path,
+        config: Config,
+        toks: TokenizerPair,
+        model: torch.nn.Module,
+        weights_path: str | Path | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.config = config
         self.tokenizers = toks
         self.model = model.eval()
+        self.weights_path = Path(weights_path) if weights_path is not None else self.run_dir / WEIGHTS_FILE
 
     def search_config(self, **overrides: Any) -> SearchConfig:
         """The run's search settings with ``overrides`` (None = keep the run's), validated."""
@@ -106,6 +112,10 @@ class Seq2SeqRun:
         """For each source, ``n_best`` (text, log-probability) pairs. Keyword arguments override the run's
         search settings: beam, n_best, length_penalty, sample, temperature, top_k, top_p, no_repeat_ngram,
         batch_size, max_len_a, max_len_b. ``progress``: e.g. a tqdm bar, updated as inputs are done."""
+        if seed is not None and not search.get("sample", self.config.search.sample):
+            raise ConfigError("seed applies only when sampling (sample=True / --sample)")
+        if seed is not None and not 0 <= seed < 2**63:  # torch.Generator's range
+            raise ConfigError(f"seed must be in [0, 2**63), got {seed}")
         return translate(
             self.model,
             self.tokenizers,
@@ -153,7 +163,7 @@ class Seq2SeqRun:
         write every example's output to this JSONL file (see :func:`write_predictions`), for error analysis.
         ``progress``: e.g. a tqdm bar; its total is set to the examples decoded, and it advances with them."""
         if predictions is not None:
-            output_file(predictions, "the predictions")
+            self._check_predictions_path(output_file(predictions, "the predictions"), data)
         examples = read_examples(data) if isinstance(data, str | Path) else list(data)
         d = self.config.data
         # Only when asked: a list here makes evaluation decode even a run that has no task metrics.
@@ -165,6 +175,22 @@ class Seq2SeqRun:
         if predictions is not None:
             write_predictions(predictions, decoded)
         return result
+
+    def _check_predictions_path(self, path: Path, data: object) -> None:
+        """The predictions file must not replace what is being evaluated: the data file, the weights, or a
+        file of the run (``--predictions test.jsonl`` for ``--data test.jsonl`` is an easy slip). Other files
+        (e.g. ``RUN/predictions.jsonl``, an earlier predictions file) are written over, as an output is."""
+        inputs = [self.weights_path] + ([Path(data)] if isinstance(data, str | Path) else [])
+        for given in inputs:
+            if path.exists() and given.exists() and path.samefile(given):
+                raise BigseqError(f"{path}: is the {'data' if given != self.weights_path else 'weights'} file "
+                                  "being evaluated; write the predictions to another file")  # fmt: skip
+        try:
+            inside = path.resolve().relative_to(self.run_dir.resolve()).parts
+        except ValueError:
+            return
+        if inside and inside[0] in RUN_FILES:
+            raise BigseqError(f"{path}: is {inside[0]} of the run; write the predictions to another file")
 
     @property
     def n_parameters(self) -> int:
@@ -216,7 +242,7 @@ def load(
         speed.decode_layout(model)  # fp32 linear layers ~1.5x faster at decoding's few rows
     if compile:
         speed.compile_for_inference(model)
-    return Seq2SeqRun(run_dir, cfg, toks, model)
+    return Seq2SeqRun(run_dir, cfg, toks, model, path)
 
 
 def _holds_adapters(path: Path) -> bool:
@@ -257,7 +283,9 @@ def _mixed_for_loading(
 def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, float]]) -> None:
     """One JSON object per example, in data order: ``line`` (of the data file), ``source``, ``targets``
     (the references), ``prediction``, ``log_prob`` (its log-probability under the model) and ``correct``
-    (the prediction equals a reference, whitespace aside). Written atomically."""
+    (the prediction equals a reference, whitespace aside). A regular file is written atomically (through a
+    symbolic link, its target); a pipe or device (``--predictions >(gzip > p.gz)``, ``/dev/stdout``) is
+    written to as it is, not replaced by a file."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -266,7 +294,14 @@ def write_predictions(path: str | Path, decoded: Sequence[tuple[Example, str, fl
                        "log_prob": round(logp, 4), "correct": metrics_mod.matches(text, ex.targets)}  # fmt: skip
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    atomic_write(path, write)
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        try:
+            write(str(path))
+        except OSError as e:
+            raise BigseqError(f"{path}: cannot write the predictions ({e.strerror})") from None
+        return
+    atomic_write(path.resolve() if path.is_symlink() else path, write)
 
 
 # Log lines that say the data or the settings are not what was asked (lines skipped, pairs cut, a saved

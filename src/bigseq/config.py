@@ -233,8 +233,13 @@ class SearchConfig:
         _positive("search.batch_size", self.batch_size)
         if self.n_best > self.beam and not self.sample:  # sampling draws n_best samples instead
             raise ConfigError(f"search.n_best ({self.n_best}) cannot exceed search.beam ({self.beam})")
-        if self.temperature <= 0:
-            raise ConfigError(f"search.temperature must be > 0, got {self.temperature}")
+        # NaN passes every comparison (then sampling crashed, or the n-best came out in arbitrary order).
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"search.temperature must be a number > 0, got {self.temperature}")
+        if not math.isfinite(self.length_penalty):
+            raise ConfigError(f"search.length_penalty must be a finite number, got {self.length_penalty}")
+        if not math.isfinite(self.max_len_a):
+            raise ConfigError(f"search.max_len_a must be a finite number, got {self.max_len_a}")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"search.top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

@@ -116,6 +116,17 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
     assert main(["generate", str(run), "--seed", "5"]) == 2
     assert "--seed applies only when sampling" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="seed applies only when sampling"):  # the API too
+        api.load(run).generate(inputs, seed=3)
+    # values no sampler takes: one line, not a torch traceback (nan passed every range check)
+    for flags, says in ((["--temperature", "nan"], "search.temperature must be a number > 0, got nan"),
+                        (["--seed", str(2**70)], f"seed must be in [0, 2**63), got {2**70}")):  # fmt: skip
+        monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+        assert main(["generate", str(run), "--sample", *flags]) == 2
+        assert says in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+    assert main(["generate", str(run), "--beam", "3", "--length-penalty", "nan"]) == 2
+    assert "search.length_penalty must be a finite number, got nan" in capsys.readouterr().err
     # surrounding whitespace is stripped, as the data readers strip training and test data
     assert api.load(run).generate(["  abcdef \t", "abcdef"]) == ["fedcba", "fedcba"]
     # --weights naming a directory says so
@@ -406,6 +417,14 @@ def test_output_paths_are_checked_before_any_work(reversing_run, tmp_path, capsy
     assert f"{valid} is a file, not a folder" in capsys.readouterr().err
     assert main(["plot", str(run), "--out", str(tmp_path)]) == 2
     assert "is a directory; give a file name for the plot" in capsys.readouterr().err
+    # --predictions naming the data being evaluated, the weights or a run file would replace them (it did)
+    before = {p: p.read_bytes() for p in (valid, run / "model.safetensors", run / "config.yaml")}
+    for path, says in ((valid, "is the data file being evaluated"),
+                       (run / "model.safetensors", "is the weights file being evaluated"),
+                       (run / "config.yaml", "is config.yaml of the run")):  # fmt: skip
+        assert main(["evaluate", str(run), "--data", str(valid), "--predictions", str(path)]) == 2
+        assert f"{path}: {says}" in capsys.readouterr().err
+    assert all(p.read_bytes() == b for p, b in before.items())
 
 
 def test_generate_keeps_one_line_per_input_whatever_the_output_holds():
@@ -466,3 +485,28 @@ def test_resume_says_which_settings_it_does_not_use(tmp_path):
         ["pretrain", "--text", "c.txt", "--out", str(run), "--tokenizer", "t.json", "--resume"]
     )
     assert _unused_on_resume(args, _config(args)) == ["--tokenizer t.json (the run keeps its tokenizer.json)"]
+
+
+def test_predictions_go_through_links_and_into_pipes(tmp_path):
+    """A symbolic link is written through (the link stays a link), a FIFO is written to, not replaced by a
+    regular file (its reader waited forever)."""
+    import os
+    import threading
+
+    from bigseq.api import write_predictions
+    from bigseq.data.readers import Example
+
+    decoded = [(Example("ab", ("ba",), 1), "ba", -0.5)]
+    target, link = tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    target.write_text("old")
+    link.symlink_to(target)
+    write_predictions(link, decoded)
+    assert link.is_symlink() and json.loads(target.read_text())["prediction"] == "ba"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_predictions(fifo, decoded)
+    reader.join(timeout=30)
+    assert json.loads(got[0])["correct"] is True and not fifo.is_file()
