@@ -118,3 +118,8 @@ def test_length_mismatch_and_empty():
         exact_match([], [])
     with pytest.raises(ValueError, match="no examples"):
         score([], [], ["bleu"])
+
+
+def test_label_metrics_ignore_surrounding_and_repeated_whitespace():
+    assert accuracy(["pos ", " neg"], ["pos", "neg"]) == 1.0
+    assert macro_f1(["pos ", "neg  "], ["pos", "neg"]) == 1.0

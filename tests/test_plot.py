@@ -38,6 +38,11 @@ def test_plot_writes_a_png_with_loss_and_metric_panels(tmp_path, capsys):
     assert [ax.get_title() for ax in shown] == ["loss", "bleu", "exact_match"]
     loss_lines = {line.get_label(): list(line.get_xdata()) for line in shown[0].get_lines()}
     assert loss_lines == {"train loss": [10, 20, 30], "valid loss": [10, 20, 30]}
+    drawn = {line.get_label(): list(line.get_ydata()) for ax in shown for line in ax.get_lines()}
+    records = [_record(s) for s in (10, 20, 30)]
+    for label, key in (("train loss", "train_loss"), ("valid loss", "valid_loss"), ("valid_bleu", "valid_bleu"),
+                       ("valid_exact_match", "valid_exact_match")):  # fmt: skip
+        assert drawn[label] == pytest.approx([r[key] for r in records]), label
 
 
 def test_plot_out_and_repeated_steps(tmp_path):

@@ -180,3 +180,35 @@ def test_n_best_holds_only_reachable_hypotheses(arch):
         scores = score_targets(model, src.expand(len(hyps), -1), src.expand(len(hyps), -1) != PAD,
                                torch.tensor([[BOS, *h.tokens, EOS] + [PAD] * (limit - len(h.tokens)) for h in hyps]))  # fmt: skip
         assert scores.tolist() == pytest.approx([h.score for h in hyps], abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_length_penalty_ranks_by_score_over_length_to_the_power(arch):
+    """n-best lists are ordered by score / (tokens + EOS) ** length_penalty, and a penalty changes the
+    ranking of some lists (the other search tests run without one)."""
+    model = _peaky(arch)
+    src, mask = _sources(9)
+    ranked = {}
+    for lp in (0.0, 1.0, 2.0):
+        hyps = _run(model, src, mask, beam=5, n_best=5, length_penalty=lp)
+        for hs in hyps:
+            norm = [h.score / (len(h.tokens) + 1) ** lp for h in hs]
+            assert norm == sorted(norm, reverse=True)
+        ranked[lp] = [[h.tokens for h in hs] for hs in hyps]
+    if arch == "transformer":  # this random GRU's hypotheses all run to the length limit: nothing to rerank
+        assert ranked[0.0] != ranked[1.0]
+
+
+def test_top_k_and_top_p_sample_exactly_their_sets():
+    """Many draws from fixed logits: top-k draws every one of the k likeliest tokens and nothing else; top-p
+    draws the smallest set whose mass reaches p (here the 3 tokens of 0.4 + 0.3 + 0.2 for p = 0.8)."""
+    from bigseq.search import _sample
+
+    probs = torch.tensor([0.05, 0.3, 0.02, 0.4, 0.2, 0.03])
+    logits = probs.log().expand(4000, -1)
+    g = torch.Generator().manual_seed(0)
+    assert set(_sample(logits, 2, 1.0, g).tolist()) == {3, 1}
+    assert set(_sample(logits, 4, 1.0, g).tolist()) == {3, 1, 4, 0}
+    assert set(_sample(logits, 0, 0.8, g).tolist()) == {3, 1, 4}
+    assert set(_sample(logits, 0, 0.3, g).tolist()) == {3}
+    assert set(_sample(logits, 0, 1.0, g).tolist()) == set(range(6))

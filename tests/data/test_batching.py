@@ -111,3 +111,25 @@ def test_too_long_pairs_truncated_or_dropped_and_counted():
     assert (len(kept), kept.truncated, kept.dropped) == (2, 0, 2)
     assert [toks.src.decode(s) for s in kept.src] == ["ab", "abc"]
     assert [toks.tgt.decode(t[1:-1]) for t in kept.tgt] == ["xy", "xyz"]
+
+
+def test_batches_are_shuffled_not_run_shortest_first():
+    """Bucketed batches come in a random order (a sorted order trains each epoch short to long), and two
+    epochs' orders differ. make_batches is checked against itself elsewhere; this looks at the lengths."""
+    src, tgt = _lengths()
+    orders = [make_batches(src, tgt, 600, np.random.default_rng([7, e])) for e in (0, 1)]
+    for batches in orders:
+        widths = [max(src[i] for i in b) for b in batches]
+        assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+    assert [b.tolist() for b in orders[0]] != [b.tolist() for b in orders[1]]
+    fixed = make_batches(src, tgt, 600, None)  # evaluation's order: by length
+    widths = [max(src[i] for i in b) for b in fixed]
+    assert widths == sorted(widths)
+
+
+def test_validation_pairs_use_the_first_reference_only():
+    examples = [Example("ab", ("ba", "b a", "bb"), 1), Example("cd", ("dc",), 2)]
+    toks = build_tokenizers(["ab", "cd"], ["ba", "b a", "bb", "dc"], "char", "char", 100, True)
+    assert len(encode_pairs(examples, toks, 10, 10)) == 4  # training: each reference is a pair
+    first = encode_pairs(examples, toks, 10, 10, all_references=False)
+    assert len(first) == 2 and toks.tgt.decode(first.tgt[0]) == "ba"

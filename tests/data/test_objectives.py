@@ -290,3 +290,21 @@ def test_objective_for_tokenizer_uses_the_special_token_ids():
     with pytest.raises(ConfigError, match="extra_special_tokens"):
         Objective.for_tokenizer("infill", plain)
     assert Objective.for_tokenizer("prefix", plain).name == "prefix"
+
+
+def test_objective_parameters_reach_the_objective():
+    """Non-default parameters are passed on (the dispatch test above uses defaults only, where a dropped
+    parameter falls back to the same value)."""
+    ids = list(range(10, 90))
+    span = Objective("span", sentinel_ids=SENT, noise_density=0.5, mean_span_length=2.0)
+    assert span.apply(ids, np.random.default_rng(3)) == span_corruption(
+        ids, np.random.default_rng(3), SENT, 0.5, 2.0
+    )
+    assert span.apply(ids, np.random.default_rng(3)) != span_corruption(ids, np.random.default_rng(3), SENT)
+    infill = Objective("infill", mask_id=MASK_ID, mask_ratio=0.5, poisson_lambda=1.0)
+    assert infill.apply(ids, np.random.default_rng(4)) == text_infilling(
+        ids, np.random.default_rng(4), MASK_ID, 0.5, 1.0
+    )
+    prefix = Objective("prefix", min_prefix_frac=0.7, max_prefix_frac=0.9)
+    lengths = {len(prefix.apply(ids, np.random.default_rng(seed))[0]) for seed in range(40)}
+    assert min(lengths) >= 56 and max(lengths) <= 72 and len(lengths) > 5  # ceil(0.7 * 80), floor(0.9 * 80)

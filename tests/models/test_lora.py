@@ -135,3 +135,20 @@ def test_nothing_left_to_train_is_a_one_line_error():
         ConfigError, match=r"train.freeze=\['encoder'\] with train.lora_rank=2 leaves nothing"
     ):
         finetune_model(cfg, None, log=lambda *a: None)
+
+
+def test_merged_weights_are_the_base_plus_alpha_over_rank_times_b_a():
+    """Written out by hand (merging runs the same parametrization as training, so agreeing with the adapted
+    model alone cannot see a scale that is ignored): W + (alpha / rank) * B @ A."""
+    model = tiny_model("transformer")
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    names = add_lora(model, rank=2, alpha=6.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith((".A", ".B")):
+                p.normal_(0, 0.5)
+    plain = merged(model).state_dict()
+    for name in names:
+        lora = model.get_submodule(name).parametrizations.weight[0]
+        expected = base[f"{name}.weight"] + 3.0 * (lora.B @ lora.A)
+        torch.testing.assert_close(plain[f"{name}.weight"], expected.detach())

@@ -536,3 +536,32 @@ def test_a_failed_first_checkpoint_is_one_line_and_the_run_starts_again(tmp_path
     assert cli.main(args) == 0
     assert "starting it again" in capsys.readouterr().err
     assert torch.load(run / "train_state/state.pt", weights_only=True)["progress"]["step"] == 2
+
+
+@pytest.mark.parametrize(("metric", "best_step"), [("wer", 4), ("per", 4), ("exact_match", 2), ("bleu", 2)])
+def test_the_best_checkpoint_follows_the_metrics_direction(tmp_path, monkeypatch, metric, best_step):
+    """WER / PER: lower is better; accuracy-like metrics: higher. With validation returning 50, 30, 40 the
+    published weights are step 4's for an error rate, step 2's for a score (the G2P recipe picks by WER)."""
+    values = iter([50.0, 30.0, 40.0])
+    monkeypatch.setattr(bigseq.api, "_task_validate", lambda *a: lambda model: {"n": 20, "loss": 1.0,
+                                                                               metric: next(values)})  # fmt: skip
+    train, valid = write_reverse_task(tmp_path, 300, 20)
+    cfg = _cfg("train.max_steps=6", "train.eval_every=2", f"metrics=[{metric}]", f"train.metric={metric}")
+    summary = bigseq.api.train(cfg, train, valid, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert (summary.best_step, summary.best_value) == (best_step, {4: 30.0, 2: 50.0}[best_step])
+
+
+def test_weight_decay_spares_embeddings_biases_and_norms():
+    import importlib
+
+    from bigseq.config import TrainConfig
+    from helpers import tiny_model
+
+    loop = importlib.import_module("bigseq.train.loop")
+    for arch in ("transformer", "gru"):
+        model = tiny_model(arch)
+        opt = loop.make_optimizer(model, TrainConfig(weight_decay=0.1))
+        decays = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        for name, p in model.named_parameters():
+            assert decays[id(p)] == (0.0 if p.dim() < 2 or "embed" in name else 0.1), name
+        assert set(decays.values()) == {0.0, 0.1}
