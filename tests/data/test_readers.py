@@ -92,6 +92,16 @@ def test_invalid_utf8_reported_at_its_line(tmp_path):
     assert_error(tsv, 3, "invalid UTF-8")
 
 
+def test_utf16_files_are_named_not_read_as_text(tmp_path):
+    """UTF-16 without a BOM read as UTF-8 gave sources wrapped in NULs (big-endian) or an error on a line
+    past the file's end (little-endian); with a BOM, "invalid UTF-8 byte 0xff". All now say what it is."""
+    text = "a\tb\nc\td\n"
+    for name, data, line in (("be.tsv", text.encode("utf-16-be"), 1), ("le.tsv", text.encode("utf-16-le"), 1),
+                             ("bom.tsv", text.encode("utf-16"), 1),
+                             ("d.jsonl", jsonl({"source": "a", "target": "b"}).encode("utf-16-le"), 1)):  # fmt: skip
+        assert_error(write(tmp_path, name, data), line, "not UTF-8 text (UTF-16, or a binary file?)")
+
+
 # --- TSV -----------------------------------------------------------------------------------------
 
 

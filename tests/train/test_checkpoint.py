@@ -45,8 +45,10 @@ def test_failed_write_leaves_previous_file(tmp_path):
             f.write(b"partial")
         raise RuntimeError("disk full")
 
-    with pytest.raises(RuntimeError):
-        atomic_write(path, crash)
+    with pytest.raises(
+        BigseqError, match=r"state.pt: cannot write \(disk full; [\d,]+ MiB free on its disk\)"
+    ):
+        atomic_write(path, crash)  # one line for the user, not torch's "unexpected pos" traceback
     assert load_state(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temp files left behind
 
@@ -122,3 +124,17 @@ def test_saved_files_get_an_ordinary_files_mode(tmp_path):
     (tmp_path / "plain.txt").write_text("x")
     modes = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in tmp_path.iterdir()}
     assert modes["model.safetensors"] == modes["state.pt"] == modes["plain.txt"], modes
+
+
+def test_weights_of_another_shape_are_one_line(tmp_path):
+    """Another model's weights (an edited d_model, a --weights of another run): one line with the count and
+    one example, not torch's line per tensor (66-70 lines for the small model)."""
+    save_weights(tiny_model("transformer", d_model=48, d_ff=96), tmp_path / "other.safetensors")
+    with pytest.raises(BigseqError) as err:
+        load_weights(tiny_model("transformer"), tmp_path / "other.safetensors")
+    msg = str(err.value)
+    assert "\n" not in msg and "weights do not match the model in config.yaml (" in msg, msg
+    assert (
+        "tensor(s) of another shape, e.g. " in msg
+        and "src_embed.weight: [23, 48] in the file, [23, 32] in the model" in msg
+    ), msg

@@ -565,3 +565,26 @@ def test_weight_decay_spares_embeddings_biases_and_norms():
         for name, p in model.named_parameters():
             assert decays[id(p)] == (0.0 if p.dim() < 2 or "embed" in name else 0.1), name
         assert set(decays.values()) == {0.0, 0.1}
+
+
+def test_the_tokenizer_trains_on_what_the_model_can_read(tmp_path, monkeypatch):
+    """Texts are clipped to 32 characters per token the model reads before the tokenizer is trained: one
+    unbroken line of millions of characters took BPE training hours (quadratic in a word's length)."""
+    seen = {}
+    real = bigseq.api.build_tokenizers
+
+    def spy(sources, targets, *a, **k):
+        seen["src"], seen["tgt"] = max(map(len, sources)), max(map(len, targets))
+        return real(sources, targets, *a, **k)
+
+    monkeypatch.setattr(bigseq.api, "build_tokenizers", spy)
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        json.dumps({"source": "ACGT" * 5000, "target": "xy" * 3000})
+        + "\n"
+        + '{"source": "a", "target": "b"}\n'
+    )
+    cfg = _cfg("train.max_steps=1", "data.max_src_len=16", "data.max_tgt_len=8", "data.src_tokenizer=bpe",
+               "data.tgt_tokenizer=bpe", "data.vocab_size=300")  # fmt: skip
+    bigseq.api.train(cfg, train, train, tmp_path / "run", progress=False, log=lambda *a: None)
+    assert seen == {"src": 32 * 16, "tgt": 32 * 8}

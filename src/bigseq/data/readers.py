@@ -121,6 +121,10 @@ def _parsed_lines(
 
 def _decode(raw: bytes, where: str, first: bool) -> str:
     """One line of bytes as text without its line ending."""
+    if first and raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+        # UTF-16 (a BOM, or without one a NUL beside every ASCII character: read as UTF-8 it became text
+        # with NULs, or a line count past the end of the file), or a binary file.
+        raise DataError(f"{where}: not UTF-8 text (UTF-16, or a binary file?); save the file as UTF-8")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -99,6 +100,12 @@ def weights_sha256(path: str | Path) -> str:
         raise BigseqError(f"{path}: cannot read weights ({e.strerror})") from None
 
 
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([^\]]*)\]\) from checkpoint, "
+    r"the shape in current model is torch\.Size\(\[([^\]]*)\]\)"
+)
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
@@ -108,6 +115,13 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        shapes = _SIZE_MISMATCH.findall(str(e))
+        if shapes:  # torch lists every tensor on a line of its own: dozens of lines for another model's file
+            name, theirs, ours = shapes[0]
+            raise BigseqError(
+                f"{path}: weights do not match the model in config.yaml ({len(shapes)} tensor(s) of another "
+                f"shape, e.g. {name}: [{theirs}] in the file, [{ours}] in the model)"
+            ) from None
         raise BigseqError(
             f"{path}: cannot load weights (corrupt, truncated or another model?): {e}"
         ) from None
