@@ -125,6 +125,7 @@ class Seq2SeqRun:
             seed,
             labels=self.config.data.labels,
             progress=progress,
+            keep_sentinels=self.span_pretrained,
         )
 
     def generate(self, sources: Sequence[str], seed: int | None = None, **search: Any) -> list[str]:
@@ -171,10 +172,21 @@ class Seq2SeqRun:
         result = evaluate(
             self.model, self.tokenizers, examples, self.search_config(**search), self.config.metrics,
             d.max_src_len, d.max_tgt_len, labels=d.labels, predictions=decoded, progress=progress,
+            keep_sentinels=self.span_pretrained,
         )  # fmt: skip
         if predictions is not None:
             write_predictions(predictions, decoded)
         return result
+
+    @property
+    def span_pretrained(self) -> bool:
+        """Whether this is a span-corruption pretraining run (its targets are sentinels and spans: its outputs
+        may hold sentinels; every other run's never do). Its ``data.json`` records a corpus."""
+        try:
+            data = json.loads((self.run_dir / DATA_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and "corpus" in data and self.config.pretrain.objective == "span"
 
     def _check_predictions_path(self, path: Path, data: object) -> None:
         """The predictions file must not replace what is being evaluated: the data file, the weights, or a

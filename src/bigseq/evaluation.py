@@ -27,6 +27,7 @@ from bigseq.data.batching import (
     pad,
     round_length,
 )
+from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS
 from bigseq.data.readers import Example
 from bigseq.search import Hypothesis, generate, max_lengths, score_candidates
 from bigseq.tokenizer import BOS, EOS, PAD, TokenizerPair
@@ -50,6 +51,7 @@ def translate(
     labels: Sequence[str] = (),
     length_grid: int = TrainConfig.length_grid,
     progress: Progress | None = None,
+    keep_sentinels: bool = False,
 ) -> list[list[tuple[str, float]]]:
     """Decode every source; returns, in input order, ``search.n_best`` (text, log-prob) pairs each.
     ``progress`` (e.g. a tqdm bar): ``progress.update(n)`` as each batch of n inputs is done.
@@ -61,6 +63,9 @@ def translate(
     of random lengths 20-200 grew RSS by 206 MiB with exact widths, by 30 MiB on the grid; same speed).
     With ``labels`` (a closed label set) and ``search.constrain``, each label is scored and the best
     ``n_best`` are returned instead of searching, so the answer is always one of the labels.
+    Pretraining's sentinel and mask tokens, which no fine-tuning target holds, are never output (a briefly
+    fine-tuned model put them in its n-best, where they read as empty texts), unless ``keep_sentinels`` (a
+    span-corruption pretraining run, whose targets are made of them).
     """
     device = model_device(model)
     constrained = bool(labels) and search.constrain and not search.sample
@@ -75,6 +80,9 @@ def translate(
     cap = model.config.max_positions - 1
     # on the model's device: sampling on a GPU takes a CUDA generator (a CPU one is refused there)
     gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    special = [] if keep_sentinels else [toks.tgt.token_to_id(t) for t in PRETRAIN_SPECIAL_TOKENS]
+    ids_banned = [i for i in special if i is not None]
+    banned = torch.tensor(ids_banned, dtype=torch.long, device=device) if ids_banned else None
     out: list[list[tuple[str, float]]] = [[] for _ in ids]
     try:
         for start in range(0, len(order), search.batch_size):
@@ -103,6 +111,7 @@ def translate(
                     top_p=search.top_p,
                     generator=gen,
                     no_repeat_ngram=search.no_repeat_ngram,
+                    banned=banned,
                 )
                 for i, hs in zip(chunk, hyps, strict=True):
                     out[i] = _texts(toks, hs)
@@ -169,6 +178,7 @@ def evaluate(
     labels: Sequence[str] = (),
     predictions: list[tuple[Example, str, float]] | None = None,
     progress: Progress | None = None,
+    keep_sentinels: bool = False,
 ) -> dict[str, float]:
     """Loss / perplexity on the first reference of every example, and the task metrics on the decoded
     outputs of a fixed random subset of ``decode_examples`` examples (0 = all) against all their references.
@@ -183,7 +193,16 @@ def evaluate(
         sources = [e.source for e in subset]
         if progress is not None:
             progress.total = len(sources)
-        decoded = translate(model, toks, sources, search, max_src_len, labels=labels, progress=progress)
+        decoded = translate(
+            model,
+            toks,
+            sources,
+            search,
+            max_src_len,
+            labels=labels,
+            progress=progress,
+            keep_sentinels=keep_sentinels,
+        )
         best = [h[0] for h in decoded]
         if predictions is not None:
             predictions.extend((e, text, logp) for e, (text, logp) in zip(subset, best, strict=True))

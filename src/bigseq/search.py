@@ -48,25 +48,29 @@ def generate(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     no_repeat_ngram: int = 0,
+    banned: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses
     (with ``sample``: ``n_best`` independent samples, the likeliest first); fewer where the length limit or
     the vocabulary allows fewer distinct outputs than that.
     ``no_repeat_ngram`` n > 0: no output holds any n-gram (n consecutive tokens) twice (n = 1: no token
     twice), as fairseq's ``--no-repeat-ngram-size``; the cure for the loops a weak model's beam falls
-    into ("be be be be"). Scores stay the model's log-probabilities of the tokens chosen."""
+    into ("be be be be"). ``banned``: (N,) ids never output (e.g. pretraining's sentinels after fine-tuning).
+    Scores stay the model's log-probabilities of the tokens chosen."""
     if sample:  # n_best independent samples per input (rows repeated), the likeliest first
         if n_best > 1:
             src, src_mask, max_lens = (x.repeat_interleave(n_best, 0) for x in (src, src_mask, max_lens))
         hyps = _greedy_or_sample(
-            model, src, src_mask, max_lens, temperature, top_k, top_p, generator, no_repeat_ngram
+            model, src, src_mask, max_lens, temperature, top_k, top_p, generator, no_repeat_ngram, banned
         )
         groups = [hyps[i : i + n_best] for i in range(0, len(hyps), n_best)]
         return [sorted(g, key=lambda h: -h.score) for g in groups]
     if beam == 1:
-        hyps = _greedy_or_sample(model, src, src_mask, max_lens, no_repeat_ngram=no_repeat_ngram)
+        hyps = _greedy_or_sample(
+            model, src, src_mask, max_lens, no_repeat_ngram=no_repeat_ngram, banned=banned
+        )
         return [[h] for h in hyps]
-    return _beam(model, src, src_mask, max_lens, beam, n_best, length_penalty, no_repeat_ngram)
+    return _beam(model, src, src_mask, max_lens, beam, n_best, length_penalty, no_repeat_ngram, banned)
 
 
 def _finish(tokens: Tensor) -> list[int]:
@@ -81,10 +85,12 @@ def _finish(tokens: Tensor) -> list[int]:
 assert (PAD, BOS) == (0, 1), "_restrict_to_eos bans both with one slice"
 
 
-def _restrict_to_eos(logp: Tensor, rows: Tensor | None) -> Tensor:
-    """Padding and BOS are never outputs; ``rows`` (B,) bool that reached their length limit may only end
-    (None: no row has, which callers know without looking at the tensor)."""
+def _restrict_to_eos(logp: Tensor, rows: Tensor | None, banned: Tensor | None = None) -> Tensor:
+    """Padding, BOS and the ``banned`` ids are never outputs; ``rows`` (B,) bool that reached their length
+    limit may only end (None: no row has, which callers know without looking at the tensor)."""
     logp[:, :2] = float("-inf")  # PAD and BOS
+    if banned is not None:
+        logp[:, banned] = float("-inf")
     if rows is not None and rows.any():
         eos = logp[:, EOS].clone()
         logp = logp.masked_fill(rows[:, None], float("-inf"))
@@ -118,6 +124,7 @@ def _greedy_or_sample(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
     no_repeat_ngram: int = 0,
+    banned: Tensor | None = None,
 ) -> list[Hypothesis]:
     """Greedy decoding, or sampling when ``temperature`` is given. Finished rows leave the batch."""
     b = src.shape[0]
@@ -133,7 +140,7 @@ def _greedy_or_sample(
     for t in range(int(max_lens.max()) + 1):
         logits, cache = model.decode(last, memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-        logp = _restrict_to_eos(logp, t >= max_lens[active] if t >= first_limit else None)
+        logp = _restrict_to_eos(logp, t >= max_lens[active] if t >= first_limit else None, banned)
         if no_repeat_ngram:
             logp = _ban_repeats(logp, history, no_repeat_ngram)
         if temperature is None:
@@ -189,6 +196,7 @@ def _beam(
     n_best: int,
     length_penalty: float,
     no_repeat_ngram: int = 0,
+    banned: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search, vectorised over batch x beam.
 
@@ -213,7 +221,7 @@ def _beam(
     for t in range(int(max_lens.max()) + 1):
         logits, cache = model.decode(last, memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-        logp = _restrict_to_eos(logp, (t >= lim) & ~finished)
+        logp = _restrict_to_eos(logp, (t >= lim) & ~finished, banned)
         if no_repeat_ngram:  # finished rows (EOS, padding in their history) extend with PAD regardless
             logp = _ban_repeats(logp, tokens[:, 1:], no_repeat_ngram)
         v = logp.shape[-1]

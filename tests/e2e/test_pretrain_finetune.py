@@ -399,3 +399,36 @@ def test_a_lora_runs_train_state_weights_load_and_mix_anew(pretrained, tmp_path)
     for key in published:
         torch.testing.assert_close(remixed[key], published[key])
     assert any(not torch.equal(tuned[k], published[k]) for k in published)
+
+
+def test_sentinels_are_output_only_by_a_span_pretraining_run(pretrained, tmp_path, monkeypatch):
+    """Sentinel and mask tokens, which no fine-tuning target holds, are never output (a briefly fine-tuned
+    model put them in its n-best as empty texts); a span-pretrained run's own outputs are made of them."""
+    import shutil
+
+    from bigseq import api, evaluation
+    from bigseq.config import SearchConfig
+    from bigseq.data.objectives import PRETRAIN_SPECIAL_TOKENS
+
+    run_dir = pretrained[0]
+    run = api.load(run_dir)
+    special = {run.tokenizers.tgt.token_to_id(t) for t in PRETRAIN_SPECIAL_TOKENS}
+    seen: list[set[int]] = []
+    real = evaluation.generate
+
+    def spy(*a, **k):
+        hyps = real(*a, **k)
+        seen.append({t for hs in hyps for h in hs for t in h.tokens})
+        return hyps
+
+    monkeypatch.setattr(evaluation, "generate", spy)
+    sources = ["the cat sat on the mat", "a dog ran"]
+    search = SearchConfig(beam=5, n_best=5, max_len_b=12)
+    for keep in (True, False):
+        evaluation.translate(run.model, run.tokenizers, sources, search, 64, keep_sentinels=keep)
+    assert seen[0] & special and not seen[1] & special
+    assert run.span_pretrained  # so generate / evaluate on it keep them
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("shards", "train_state"))
+    (copy / "data.json").write_text('{"train": "0", "valid": "1"}\n')  # a run trained on pairs
+    assert not api.load(copy).span_pretrained
