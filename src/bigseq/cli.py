@@ -354,9 +354,8 @@ def _generate(args: argparse.Namespace) -> None:
     settings = run.search_config(**search)  # also checks the flags before any input is read
     if args.seed is not None and not settings.sample:
         raise ConfigError("--seed applies only when sampling (--sample)")
-    if (
-        args.seed is not None and not 0 <= args.seed < 2**63 - 2**32
-    ):  # + k per buffer: torch.Generator's range
+    # torch.Generator takes seeds below 2**63; the k-th buffer samples with --seed + k
+    if args.seed is not None and not 0 <= args.seed < 2**63 - 2**32:
         raise ConfigError(f"seed must be in [0, 2**63), got {args.seed}")
     batch_size = settings.batch_size
     interactive = getattr(sys.stdin, "isatty", lambda: False)()
