@@ -2,7 +2,7 @@
 
 import pytest
 
-from bigseq.config import Config, apply_overrides, apply_preset, build_config, from_dict
+from bigseq.config import Config, apply_overrides, apply_preset, build_config, from_dict, read_yaml
 from bigseq.errors import ConfigError
 
 
@@ -57,6 +57,8 @@ def test_preset_then_overrides():
             "need 0 <= pretrain.min_prefix_frac <= pretrain.max_prefix_frac <= 1",
         ),
         (["search.top_p=1.5"], "search.top_p must be in (0, 1], got 1.5"),
+        (["train.snapshot_minutes=[30, -1]"], "train.snapshot_minutes must all be > 0, got [30.0, -1.0]"),
+        (["train.eval_examples=-5"], "train.eval_examples must be >= 0 (0 = all), got -5"),
         (["search.max_len_b=-1"], "search.max_len_a and max_len_b must be >= 0"),
         (["metrics=[bleu, rouge]"], "metrics[] must be one of"),
         (["nonsense"], "--set expects KEY=VALUE"),
@@ -137,3 +139,14 @@ def test_a_run_config_without_a_newer_key_loads_with_the_value_it_ran_with(tmp_p
     resumed = _resumed(now, tmp_path, said.append)
     assert (resumed.train.length_grid, resumed.train.seed, resumed.train.max_steps) == (0, 1, 7)
     assert len(said) == 2 and "train.seed=1" in said[1] and "asked for 5" in said[1]
+
+
+def test_a_config_file_that_is_a_list_or_a_directory_is_named(tmp_path):
+    """``[]`` read as an empty mapping (a --config trained with defaults); a directory was "not found"."""
+    (tmp_path / "list.yaml").write_text("[]\n")
+    with pytest.raises(ConfigError, match="list.yaml: the top level must be a mapping, got list"):
+        read_yaml(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="is a directory; give a config file"):
+        read_yaml(tmp_path)
+    (tmp_path / "empty.yaml").write_text("")
+    assert read_yaml(tmp_path / "empty.yaml") == {}

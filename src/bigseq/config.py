@@ -168,6 +168,10 @@ class TrainConfig:
             _positive(f"train.{name}", getattr(self, name))
         if self.length_grid < 0:
             raise ConfigError(f"train.length_grid must be >= 0 (0 = exact lengths), got {self.length_grid}")
+        if any(not (math.isfinite(m) and m > 0) for m in self.snapshot_minutes):
+            raise ConfigError(f"train.snapshot_minutes must all be > 0, got {self.snapshot_minutes}")
+        if self.eval_examples < 0:
+            raise ConfigError(f"train.eval_examples must be >= 0 (0 = all), got {self.eval_examples}")
         if self.warmup_steps < 0:
             raise ConfigError(f"train.warmup_steps must be >= 0 (0 = no warm-up), got {self.warmup_steps}")
         if self.lr <= 0:
@@ -406,10 +410,13 @@ def naming_errors(path: str | Path | None) -> Iterator[None]:
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give a config file (e.g. {p / 'config.yaml'})")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        data = {} if data is None else data  # an empty file; an empty list is no mapping (it read as one)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:

@@ -120,9 +120,11 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_skipped_and_logged(tmp_path
 def test_persistent_nan_stops_with_a_clear_message(tmp_path, monkeypatch):
     train, valid = write_reverse_task(tmp_path, 300, 20)
     _inject_nan(monkeypatch, lambda i: i >= 2)
-    with pytest.raises(TrainingError, match="3 consecutive steps had a non-finite loss"):
+    with pytest.raises(TrainingError, match="3 consecutive steps had a non-finite loss") as err:
         bigseq.api.train(_cfg("train.max_steps=50", "train.max_bad_steps=3"), train, valid, tmp_path / "run",
                          progress=False, log=lambda *a: None)  # fmt: skip
+    # before any evaluation: there is no checkpoint to resume from (it pointed at one)
+    assert "no checkpoint was saved yet: start the run again" in str(err.value)
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):

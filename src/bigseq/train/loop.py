@@ -33,6 +33,7 @@ from bigseq.speed import compile_for_training, warn_if_bf16_is_emulated
 from bigseq.tokenizer import PAD
 from bigseq.train.checkpoint import (
     STATE_DIR,
+    STATE_FILE,
     WEIGHTS_FILE,
     atomic_write,
     load_train_state,
@@ -479,11 +480,13 @@ def fit(
                         file=sys.stderr,
                     )
                 if pr.bad_steps >= tc.max_bad_steps:
+                    saved = (out / STATE_DIR / STATE_FILE).is_file()
                     raise TrainingError(
                         f"stopped: {pr.bad_steps} consecutive steps had a non-finite loss or gradient "
                         f"(last at step {step}). Lower train.lr, raise train.warmup_steps or check the data; "
-                        f"the last good checkpoint is in {out / STATE_DIR} (resume with --resume)."
-                    )
+                        + (f"the last good checkpoint is in {out / STATE_DIR} (resume with --resume)."
+                           if saved else "no checkpoint was saved yet: start the run again.")
+                    )  # fmt: skip
                 continue
             opt.step()
             pr.step, pr.bad_steps = step, 0
