@@ -140,7 +140,12 @@ class Seq2SeqRun:
         ``data.max_src_len`` / ``max_tgt_len`` are cut to them, as in training."""
         if batch_tokens < 1:
             raise ConfigError(f"batch_tokens must be >= 1, got {batch_tokens}")
-        pairs = zip(_texts(sources, "sources"), _texts(targets, "targets"), strict=True)
+        sources, targets = _texts(sources, "sources"), _texts(targets, "targets")
+        if len(sources) != len(targets):
+            raise ValueError(
+                f"score: {len(sources)} sources but {len(targets)} targets; give one target per source"
+            )
+        pairs = zip(sources, targets, strict=True)
         examples = [Example(s, (t,), i + 1) for i, (s, t) in enumerate(pairs)]
         d = self.config.data
         data = encode_pairs(examples, self.tokenizers, d.max_src_len, d.max_tgt_len, all_references=False)

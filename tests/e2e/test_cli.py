@@ -187,6 +187,8 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
     with pytest.raises(ConfigError, match="batch_tokens must be >= 1"):
         loaded.score(sources, sources, batch_tokens=0)
     assert loaded.score(["abc"], ["cba"])[0] > loaded.score(["abc"], ["abc"])[0]
+    with pytest.raises(ValueError, match="score: 2 sources but 1 targets"):  # not zip's bare message
+        loaded.score(["abc", "ab"], ["cba"])
 
 
 class _Lines:
