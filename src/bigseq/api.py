@@ -7,6 +7,7 @@ run.evaluate("test.jsonl")                      # -> {"n": ..., "wer": ..., ...}
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -183,10 +184,11 @@ class Seq2SeqRun:
             write_predictions(predictions, decoded)
         return result
 
-    @property
+    @functools.cached_property
     def span_pretrained(self) -> bool:
         """Whether this is a span-corruption pretraining run (its targets are sentinels and spans: its outputs
-        may hold sentinels; every other run's never do). Its ``data.json`` records a corpus."""
+        may hold sentinels; every other run's never do). Its ``data.json`` records a corpus (read once: each
+        buffer of ``bigseq generate`` asks)."""
         try:
             data = json.loads((self.run_dir / DATA_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -197,11 +199,14 @@ class Seq2SeqRun:
         """The predictions file must not replace what is being evaluated: the data file, the weights, or a
         file of the run (``--predictions test.jsonl`` for ``--data test.jsonl`` is an easy slip). Other files
         (e.g. ``RUN/predictions.jsonl``, an earlier predictions file) are written over, as an output is."""
-        inputs = [self.weights_path] + ([Path(data)] if isinstance(data, str | Path) else [])
-        for given in inputs:
+        inputs = [("weights", self.weights_path)] + (
+            [("data", Path(data))] if isinstance(data, str | Path) else []
+        )
+        for what, given in inputs:
             if path.exists() and given.exists() and path.samefile(given):
-                raise BigseqError(f"{path}: is the {'data' if given != self.weights_path else 'weights'} file "
-                                  "being evaluated; write the predictions to another file")  # fmt: skip
+                raise BigseqError(
+                    f"{path}: is the {what} file being evaluated; write the predictions to another file"
+                )
         try:
             inside = path.resolve().relative_to(self.run_dir.resolve()).parts
         except ValueError:

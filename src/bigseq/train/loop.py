@@ -395,9 +395,8 @@ def fit(
             return None
 
         # A stop by a signal at a step due for evaluation saved without evaluating it: evaluate it now.
-        spent = (
-            pr.elapsed >= budget_s
-        )  # the run's minutes were used up (a resume with the same --max-minutes)
+        # The run's minutes were used up (a resume with the same --max-minutes).
+        spent = pr.elapsed >= budget_s
         due = pr.step > 0 and (pr.step % tc.eval_every == 0 or pr.step >= tc.max_steps or spent)
         stop = None
         if resume and due and pr.evaluated_step is not None and pr.evaluated_step < pr.step:
