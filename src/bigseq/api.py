@@ -388,6 +388,20 @@ KEPT_ON_RESUME = {
 }
 
 
+def resolve_resume(resume: bool | str, out: str | Path, log: Any = print) -> bool:
+    """Whether a run continues ``out``: ``resume`` itself when a bool; ``"auto"`` resumes when ``out`` holds
+    a train state (a checkpoint) and starts a new run otherwise, so that one command both starts a run and,
+    repeated (``torchrun --max-restarts``, a job requeued by a scheduler), continues it."""
+    if resume == "auto":
+        found = (Path(out) / STATE_DIR / STATE_FILE).is_file()
+        log(f"resume: {out} holds a checkpoint; continuing it" if found else f"run: {out} holds no checkpoint; "
+            "starting a new run")  # fmt: skip
+        return found
+    if isinstance(resume, bool):
+        return resume
+    raise ValueError(f"resume={resume!r}: expected True, False or 'auto'")
+
+
 def _resumed(cfg: Config, out: Path, log: Any = print) -> Config:
     """The config to continue ``out`` with (see :func:`_saved`); there must be a train state. Says so when
     the command asked for other settings of ``KEPT_ON_RESUME`` than the run started with (the saved ones win)."""
@@ -491,7 +505,9 @@ def _fit(
     total = count_parameters(model)
     share = f" ({trainable:,} trainable)" if trainable != total else ""
     log(f"model: {cfg.model.arch}, {total:,} parameters{share}; {what}")
-    summary = fit(cfg, model, data, validate, out, resume=resume, progress=progress, export=_export(cfg, log))
+    summary = fit(
+        cfg, model, data, validate, out, resume=resume, progress=progress, export=_export(cfg, log), log=log
+    )
     record = {**summary.as_dict(), **(report or {})}
     if setup(cfg.train.device).is_main:
         text = json.dumps(record, indent=2) + "\n"
@@ -504,7 +520,7 @@ def train(
     train_path: str | Path,
     valid_path: str | Path,
     out_dir: str | Path,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     log: Any = print,
 ) -> Summary:
@@ -513,6 +529,7 @@ def train(
     world = setup(cfg.train.device)
     _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
+    resume = resolve_resume(resume, out, log)
     # first: the saved data settings say how to read the data
     if resume:
         cfg = _resumed(cfg, out, log)
@@ -596,7 +613,7 @@ def finetune(
     train_path: str | Path,
     valid_path: str | Path,
     out_dir: str | Path,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     log: Any = print,
     from_scratch: bool = False,
@@ -614,6 +631,7 @@ def finetune(
     world = setup(cfg.train.device)
     _check_wise(cfg, has_init=not from_scratch)
     log = _quiet_unless_main(world, log)
+    resume = resolve_resume(resume, out, log)
     # first: the saved data settings say how to read the data
     cfg = _resumed(cfg, out, log) if resume else cfg
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
@@ -789,7 +807,7 @@ def pretrain(
     cfg: Config,
     texts: Sequence[str | Path],
     out_dir: str | Path,
-    resume: bool = False,
+    resume: bool | str = False,
     progress: bool = True,
     log: Any = print,
     tokenizer: str | Path | None = None,
@@ -803,6 +821,7 @@ def pretrain(
     world = setup(cfg.train.device)
     _check_wise(cfg, has_init=False)
     log = _quiet_unless_main(world, log)
+    resume = resolve_resume(resume, out, log)
     files = resolve_inputs(texts)
     if resume:
         cfg = _resumed(cfg, out, log)

@@ -48,6 +48,12 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="model size: tiny, small, base, large")
 
 
+def _resume_mode(value: str) -> str:
+    if value != "auto":
+        raise argparse.ArgumentTypeError(f"{value!r}: --resume takes no value, or 'auto'")
+    return value
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time")
@@ -55,7 +61,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=3e-4"
     )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_mode,
+        metavar="auto",
+        help="continue the run in --out from its last checkpoint; --resume auto: continue it if --out holds a "
+        "checkpoint, else start it (a command to repeat, e.g. under torchrun --max-restarts)",
+    )
     p.add_argument(
         "--quiet",
         action="store_true",
@@ -258,9 +273,13 @@ def _log(args: argparse.Namespace):  # noqa: ANN202
 def _run_config(args: argparse.Namespace, log: Callable[[str], None]) -> Config:
     """``_config(args)`` for train / pretrain / finetune; with --resume, says which asked settings the run
     does not use (a notice that --quiet keeps)."""
+    from bigseq.api import resolve_resume
+
     cfg = _config(args)
+    is_main = os.environ.get("RANK", "0") == "0"
+    args.resume = resolve_resume(args.resume, args.out, log if is_main else lambda msg: None)
     unused = _unused_on_resume(args, cfg)
-    if unused and os.environ.get("RANK", "0") == "0":
+    if unused and is_main:
         log(f"resume: not used, the run keeps its own model, data and pretraining settings (config.yaml): "
             f"{', '.join(unused)}")  # fmt: skip
     return cfg

@@ -277,7 +277,9 @@ def test_evaluate_reports_progress(reversing_run):
     assert bar.total == result["n"] == 200 and bar.n == 200
 
 
-def test_resume_reaches_the_same_weights(tmp_path, reverse_task):
+def test_resume_reaches_the_same_weights(tmp_path, reverse_task, capsys):
+    """--resume continues exactly; --resume auto (here) starts the run when --out has no checkpoint and
+    continues it when it has one: the same command, repeated, as torchrun --max-restarts repeats it."""
     train, valid = reverse_task
     # inverse_sqrt depends on the step alone; cosine would also depend on --max-steps, which differs here
     common = [
@@ -289,12 +291,25 @@ def test_resume_reaches_the_same_weights(tmp_path, reverse_task):
         "train.schedule=inverse_sqrt",
     ]
     _train(train, valid, tmp_path / "straight", "transformer", 60, *common)
-    _train(train, valid, tmp_path / "resumed", "transformer", 20, *common)
-    _train(train, valid, tmp_path / "resumed", "transformer", 60, "--resume", *common)
+    capsys.readouterr()
+    _train(train, valid, tmp_path / "resumed", "transformer", 20, "--resume", "auto", *common)
+    assert "holds no checkpoint; starting a new run" in capsys.readouterr().err
+    _train(train, valid, tmp_path / "resumed", "transformer", 60, "--resume", "auto", *common)
+    assert "holds a checkpoint; continuing it" in capsys.readouterr().err
     a = load_file(state_weights(tmp_path / "straight"))
     b = load_file(state_weights(tmp_path / "resumed"))
     assert a.keys() == b.keys()
     assert all((a[k] == b[k]).all() for k in a), "resumed run diverged from the uninterrupted one"
+
+
+def test_resume_modes_in_the_api(tmp_path):
+    (tmp_path / "train_state").mkdir()
+    assert api.resolve_resume("auto", tmp_path, log=lambda m: None) is False  # no state.pt in it
+    (tmp_path / "train_state" / "state.pt").write_bytes(b"")
+    assert api.resolve_resume("auto", tmp_path, log=lambda m: None) is True
+    assert api.resolve_resume(False, tmp_path) is False
+    with pytest.raises(ValueError, match="expected True, False or 'auto'"):
+        api.resolve_resume("yes", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -335,6 +350,21 @@ def test_missing_run_dir_and_bad_override(tmp_path, reverse_task, capsys):
                  "--set", "model.d_model=-4"])  # fmt: skip
     assert code == 2
     assert "model.d_model must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit
+        main(
+            [
+                "train",
+                "--train",
+                str(train),
+                "--valid",
+                str(valid),
+                "--out",
+                str(tmp_path / "r"),
+                "--resume",
+                "yes",
+            ]
+        )
+    assert stop.value.code == 2 and "--resume takes no value, or 'auto'" in capsys.readouterr().err
 
 
 README_BLOCK = "<!-- cli-example -->"

@@ -99,9 +99,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, reverse_ta
     assert failed.stderr.count("exitcode  : 2") == 2
 
 
-def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_task):
+def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_task, capsys):
     """SIGTERM to the launcher (as a scheduler's preemption sends it): torchrun passes it to both workers,
-    they agree to stop after the same step, rank 0 saves, nobody hangs; a 2-process --resume continues."""
+    they agree to stop after the same step, rank 0 saves, nobody hangs; one process can --resume it, and
+    says that a step now takes fewer batches."""
     import signal
     import time
 
@@ -128,7 +129,10 @@ def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_t
     # each rank's own generator is saved, and they differ: the ranks draw different dropout masks
     rngs = [r["cpu"] for r in state["rng_by_rank"]]
     assert len(rngs) == 2 and not torch.equal(rngs[0], rngs[1]) and torch.equal(rngs[0], state["rng"])
-    torchrun(*args, "--max-steps", str(stopped_at + 4), "--resume")
+    capsys.readouterr()
+    assert main([*args, "--max-steps", str(stopped_at + 4), "--resume"]) == 0
+    assert ("resume: the run was trained by 2 process(es), now by 1: a step now takes 1 batch(es) of "
+            "train.batch_tokens instead of 2") in capsys.readouterr().err  # fmt: skip
     assert json.loads((run / "summary.json").read_text())["steps"] == stopped_at + 4
 
 

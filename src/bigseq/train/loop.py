@@ -176,6 +176,7 @@ class Progress:
     interval_steps: int = 0
     log_loss: float = 0.0
     log_steps: int = 0
+    world_size: int = 0  # processes that trained the steps so far (0: a state from before it was saved)
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -242,6 +243,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     export: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
 ) -> Summary:
     """Train ``model`` on ``train_data``; every ``eval_every`` steps ``validate(model)`` returns the metrics
     (``train.metric`` among them). Writes weights, state and metrics to ``out_dir``:
@@ -293,8 +295,16 @@ def fit(
             ) from None
         pr = Progress(**{"evaluated_step": None, **st["progress"]})  # None: a state from before the field
         _restore_rng(st, world, device, tc.seed + world.rank + 7919 * pr.step)
+        if pr.world_size not in (0, world.size):
+            # Allowed (the batch list and the position in it carry over), but each step now averages another
+            # number of batches: the effective batch and so the step's noise change; lr and schedule do not.
+            was, now = pr.world_size * tc.grad_accum, world.size * tc.grad_accum
+            log(f"resume: the run was trained by {pr.world_size} process(es), now by {world.size}: a step now "
+                f"takes {now} batch(es) of train.batch_tokens instead of {was} (train.grad_accum sets the "
+                "number per process)")  # fmt: skip
         if is_main:
             _drop_rows_after(out / "metrics.jsonl", pr.step)
+    pr.world_size = world.size
 
     def plain() -> torch.nn.Module | None:
         """The full model for saving and validating (gathered from the shards under FSDP: a collective;
