@@ -260,6 +260,7 @@ def test_large_vocabulary_uses_uint32(tmp_path):
         ("bad.jsonl", '{"text": "a"}\n["text"]\n', 2, "expected a JSON object"),
         ("bad.jsonl", '{"text": "a"}\n{"body": "b"}\n', 2, "missing field 'text'"),
         ("bad.jsonl", '{"text": "a"}\n{"text": 3}\n', 2, "field 'text' must be a string"),
+        ("bad.jsonl", '{"text": "a"}\n{"text": "b", "text": "c"}\n', 2, "the field 'text' is given twice"),
         ("bad.jsonl", b'{"text": "a"}\n{"text": "\xff"}\n', 2, "invalid UTF-8"),
     ],
 )

@@ -75,6 +75,11 @@ def test_jsonl_require_target_false(tmp_path):
         ('{"source": "a\\ud800b", "target": "b"}', "field 'source' holds an unpaired surrogate \\ud800"),
         ('{"source": "a", "target": "\\udc00"}', "field 'target' holds an unpaired surrogate \\udc00"),
         ('{"source": "a", "target": ["b", "\\ud83d"]}', "field 'target'[1] holds an unpaired surrogate"),
+        ('{"source": "a", "target": "b", "target": "c"}', "the field 'target' is given twice"),
+        (
+            '{"source": "a", "source": "a", "target": "b", "meta": {"id": 1}}',
+            "the field 'source' is given twice",
+        ),
         ('{"source": "a", "target": ' + "[" * 100_000 + "]" * 100_000 + "}", "JSON nested too deeply"),
     ],
 )
@@ -236,3 +241,13 @@ def test_all_lines_bad_is_still_an_error(tmp_path):
     ):
         read_examples(path, skipped=skipped)
     assert_error(write(tmp_path, "e.jsonl", "\n"), None, "no examples found", skipped=[])
+
+
+def test_keys_repeated_inside_an_unread_field_are_left_alone(tmp_path):
+    path = write(tmp_path, "d.jsonl", '{"source": "a", "target": "b", "meta": {"id": 1, "id": 2}}\n')
+    assert read_examples(path) == [Example("a", ("b",), 1)]
+
+
+def test_a_read_field_given_twice_is_found_after_another_repeated_key(tmp_path):
+    path = write(tmp_path, "d.jsonl", '{"id": 1, "id": 2, "source": "a", "target": "b", "target": "c"}\n')
+    assert_error(path, 1, "the field 'target' is given twice")

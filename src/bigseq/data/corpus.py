@@ -428,7 +428,7 @@ def _read_segments(path: Path, block_bytes: int, hasher) -> Iterator[tuple[list[
 
 
 def _jsonl_text(line: str, where: str) -> str:
-    return str_field(json_object(line, where, "a 'text' field"), "text", where)
+    return str_field(json_object(line, where, "a 'text' field", ("text",)), "text", where)
 
 
 class _ShardWriter:

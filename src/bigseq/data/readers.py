@@ -15,10 +15,11 @@ rarely clean; the caller reports the count and the first reasons).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bigseq.errors import DataError
 
@@ -136,17 +137,37 @@ def _decode(raw: bytes, where: str, first: bool) -> str:
     return text.removesuffix("\n").removesuffix("\r")
 
 
-def json_object(text: str, where: str, expected: str) -> dict:
-    """Parse one JSONL line that must be an object; ``expected`` names its fields for the error."""
+class _Object(dict):
+    """A parsed JSON object that remembers the keys given twice in it."""
+
+    repeated: frozenset[str] = frozenset()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        obj.repeated = frozenset(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+    return obj
+
+
+def json_object(text: str, where: str, expected: str, fields: tuple[str, ...] = ()) -> dict:
+    """Parse one JSONL line that must be an object; ``expected`` names its fields for the error. One of
+    ``fields`` (those read) given twice is refused: JSON parsers keep one of the values (Python's the last),
+    so a line like ``{"target": "a", "target": "b"}`` lost a reference silently."""
+    # Checked only where a field's name is written twice: the check doubles the time of parsing a line.
+    repeats = any(text.count(f'"{name}"') > 1 for name in fields)
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_object) if repeats else json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:  # thousands of nested brackets: Python's parser gives up
         raise DataError(f"{where}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object with {expected}, got {_kind(obj)}")
-    return obj
+    twice = [name for name in fields if repeats and name in getattr(obj, "repeated", ())]
+    if twice:
+        raise DataError(f"{where}: the field {twice[0]!r} is given twice")
+    return dict(obj) if repeats else obj
 
 
 def str_field(obj: dict, name: str, where: str) -> str:
@@ -173,7 +194,7 @@ def _unicode(text: str, where: str, field: str) -> str:
 
 def _read_jsonl(path: Path, require_target: bool, skipped: list[str] | None) -> list[Example]:
     def parse(text: str, where: str) -> tuple[str, tuple[str, ...]]:
-        obj = json_object(text, where, "'source' and 'target'")
+        obj = json_object(text, where, "'source' and 'target'", ("source", "target"))
         source = str_field(obj, "source", where).strip()
         if not source:
             raise DataError(f"{where}: empty source")
