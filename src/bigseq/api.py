@@ -635,6 +635,7 @@ def finetune(
     # first: the saved data settings say how to read the data
     cfg = _resumed(cfg, out, log) if resume else cfg
     train_ex, valid_ex, n_skipped = _read_pairs(cfg, train_path, valid_path, log)
+    model = None
     with world.main_first():  # the others wait for the run directory (or rank 0's error)
         if not resume and world.is_main:
             if not (init / CONFIG_FILE).is_file():
@@ -656,14 +657,17 @@ def finetune(
             cfg.train.init_sha256 = init_sha256
             _use_labels(cfg, train_ex, train_path, log)
             cfg.validate()
+            # The init run's weights loaded here, before --out is made: damaged ones (a truncated copy) are
+            # refused with nothing written, as any check above.
+            model = finetune_model(cfg, None if from_scratch else init, log)
             _new_run_dir(out, log)  # after the checks above: a refused fine-tuning leaves no directory behind
             toks.save(out)
             cfg.save(out / CONFIG_FILE)
     cfg, toks = _join(world, out, cfg, resume)
     _record_pairs(world, out, resume, log, train_path, valid_path)
     data = _encode_train(cfg, toks, train_ex, log)
-    # On resume the weights come from the train state; otherwise from the init run (unless from scratch).
-    model = finetune_model(cfg, None if resume or from_scratch else init, log)
+    if model is None:  # resumed (its weights come from the train state), or a rank other than 0
+        model = finetune_model(cfg, None if resume or from_scratch else init, log)
     start = "random initialisation" if from_scratch else f"weights of {init}"
     what = f"from {start}; {len(data):,} training pairs, {len(valid_ex):,} valid examples"
     report = _data_report(n_skipped, data)

@@ -143,6 +143,16 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["pretrain", "--text", str(tmp_path / "*.txt"), "--out", str(tmp_path / "p"), "--quiet"]) == 2
     assert "no files match" in capsys.readouterr().err
+    # an init run whose weights are damaged (a truncated copy): refused before --out is made
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run, damaged, ignore=shutil.ignore_patterns("train_state", "shards", "snapshots"))
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    args = ["finetune", "--init", str(damaged), "--train", str(train), "--valid", str(valid), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: cannot load weights" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "y").exists()
     # the weights fix the architecture: a model key that would change it is refused, not silently ignored
     args = ["finetune", "--init", str(run), "--train", str(train), "--valid", str(valid), "--quiet"]
     assert main([*args, "--out", str(tmp_path / "y"), "--set", "model.d_model=96"]) == 2
