@@ -1,8 +1,12 @@
 """Search: beam 1 == greedy, batch-size invariance, n-best order, sampling controls, length limits."""
 
+import dataclasses
+import math
+
 import pytest
 import torch
 
+from bigseq.models.base import Batched
 from bigseq.search import generate, max_lengths, score_targets
 from bigseq.tokenizer import BOS, EOS, PAD
 from helpers import tiny_model
@@ -155,31 +159,40 @@ def test_no_repeat_ngram_removes_repeats_and_keeps_model_scores(arch, kw):
 
 def test_max_lengths_are_a_times_length_plus_b_exactly():
     """floor(a * length + b) as in float64 arithmetic, capped: with float32 lengths a = 1.3 gave 116 for a
-    source of 90 tokens instead of 117 (1.3 in float32 is just below 1.3)."""
-    import math
-
+    source of 90 tokens instead of 117 (1.3 in float32 is just below 1.3). A limit of 0 (a = b = 0, as the
+    config allows) is 0: empty outputs, not one token."""
     lengths = torch.arange(1, 600)
     mask = torch.arange(600)[None, :] < lengths[:, None]
     for a, b in ((1.3, 0), (2.1, 5), (2.6, 0), (0.5, 3)):
         got = max_lengths(mask, a, b, 10_000).tolist()
         assert got == [math.floor(n * a + b) for n in range(1, 600)], a
     assert max_lengths(mask[:3], 2.0, 10, 11).tolist() == [11, 11, 11]
+    assert max_lengths(mask[:3], 0.0, 0, 11).tolist() == [0, 0, 0]
+    assert max_lengths(mask[:3], 0.5, 0, 11).tolist() == [0, 1, 1]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_n_best_holds_only_reachable_hypotheses(arch):
-    """Target vocabulary of 5 (one real token besides UNK), one output token at most: three outputs exist
-    ([], [3], [4]); beam 5 used to fill its list with -inf junk (two tokens, BOS, repeats). With no token
-    allowed, only the empty output."""
-    model = tiny_model(arch, tgt_vocab_size=5)
+    """Target vocabulary of 6 (two real tokens; UNK is never output), one output token at most: three
+    outputs exist ([], [4], [5]); beam 5 used to fill its list with -inf junk (two tokens, BOS, repeats).
+    With no token allowed, only the empty output."""
+    model = tiny_model(arch, tgt_vocab_size=6)
     src = torch.tensor([[5, 6, 7]])
-    for limit, expected in ((1, [[], [3], [4]]), (0, [[]])):
+    for limit, expected in ((1, [[], [4], [5]]), (0, [[]])):
         hyps = generate(model, src, src != PAD, torch.tensor([limit]), beam=5, n_best=5)[0]
         assert sorted(h.tokens for h in hyps) == expected, hyps
         assert all(h.score > float("-inf") for h in hyps)
         scores = score_targets(model, src.expand(len(hyps), -1), src.expand(len(hyps), -1) != PAD,
                                torch.tensor([[BOS, *h.tokens, EOS] + [PAD] * (limit - len(h.tokens)) for h in hyps]))  # fmt: skip
         assert scores.tolist() == pytest.approx([h.score for h in hyps], abs=1e-4)
+        # 8 samples of the (at most) three outputs: each once, the likeliest first
+        gen = torch.Generator().manual_seed(0)
+        kw = {"sample": True, "n_best": 8, "generator": gen}
+        drawn = generate(model, src, src != PAD, torch.tensor([limit]), **kw)[0]
+        assert {tuple(h.tokens) for h in drawn} <= {tuple(e) for e in expected} and len(drawn) == len(
+            {tuple(h.tokens) for h in drawn}
+        )
+        assert [h.score for h in drawn] == sorted((h.score for h in drawn), reverse=True)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -212,3 +225,49 @@ def test_top_k_and_top_p_sample_exactly_their_sets():
     assert set(_sample(logits, 0, 0.8, g).tolist()) == {3, 1, 4}
     assert set(_sample(logits, 0, 0.3, g).tolist()) == {3}
     assert set(_sample(logits, 0, 1.0, g).tolist()) == set(range(6))
+
+
+class _Scripted(torch.nn.Module):
+    """A model whose next-token probabilities are a function of the output so far (ids 4, 5, 6, 7)."""
+
+    beams_share_memory = False
+
+    def __init__(self, dist):
+        super().__init__()
+        self.dist = dist
+
+    def encode(self, src, src_mask):
+        from bigseq.models.base import Memory
+
+        return Memory(states=torch.zeros(src.shape[0], 1, 1), mask=src_mask[:, :1])
+
+    def decode(self, tgt, memory, cache=None):
+        prefix = tgt if cache is None else torch.cat([cache.prefix, tgt], 1)
+        p = torch.full((prefix.shape[0], 8), 1e-9)
+        for i, row in enumerate(prefix.tolist()):
+            for tok, prob in self.dist(row[1:]).items():
+                p[i, tok] = prob
+        return (p / p.sum(1, keepdim=True)).log()[:, None], _PrefixCache(prefix)
+
+
+@dataclasses.dataclass
+class _PrefixCache(Batched):
+    prefix: torch.Tensor
+
+
+def test_a_finished_hypothesis_is_not_pushed_out_by_longer_worse_ones():
+    """Ending at once has p = 0.25, the best output; "a c" and "a d" (0.35 each) outrank it at step 1, and
+    every later ending has p < 0.35 x 0.3. A beam that kept finished hypotheses among its k live ones lost
+    the empty output there and returned a 4-token one of p ~ 0.01."""
+
+    def dist(prefix):
+        if not prefix:
+            return {EOS: 0.25, 4: 0.70, 5: 0.05}
+        if len(prefix) == 1:
+            return {6: 0.5, 7: 0.5}
+        return {EOS: 0.30, 6: 0.32, 7: 0.31, 4: 0.04, 5: 0.03}
+
+    src = torch.tensor([[5, 6]])
+    for k in (2, 3):
+        best = generate(_Scripted(dist), src, src != PAD, torch.tensor([4]), beam=k, length_penalty=0.0)
+        assert best[0][0].tokens == [] and best[0][0].score == pytest.approx(math.log(0.25), abs=1e-6)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bigseq.tokenizer import BOS, EOS, PAD
+from bigseq.tokenizer import BOS, EOS, PAD, UNK
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def max_lengths(src_mask: Tensor, a: float, b: int, cap: int) -> Tensor:
     """(B,) output length limits a * source_length + b, at most ``cap``; from each example's own length.
     In float64: in float32 a = 1.3 is just below 1.3, and floor(90 * a) came out 116 instead of 117."""
     lengths = src_mask.sum(1).double()
-    return (lengths * a + b).floor().long().clamp(min=1, max=cap)
+    return (lengths * a + b).floor().long().clamp(min=0, max=cap)
 
 
 @torch.no_grad()
@@ -51,11 +51,12 @@ def generate(
     banned: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses
-    (with ``sample``: ``n_best`` independent samples, the likeliest first); fewer where the length limit or
-    the vocabulary allows fewer distinct outputs than that.
+    (with ``sample``: the distinct outputs among ``n_best`` independent samples, the likeliest first); fewer
+    where the length limit or the vocabulary allows fewer distinct outputs than that.
     ``no_repeat_ngram`` n > 0: no output holds any n-gram (n consecutive tokens) twice (n = 1: no token
     twice), as fairseq's ``--no-repeat-ngram-size``; the cure for the loops a weak model's beam falls
-    into ("be be be be"). ``banned``: (N,) ids never output (e.g. pretraining's sentinels after fine-tuning).
+    into ("be be be be"). ``banned``: (N,) ids never output (e.g. pretraining's sentinels after fine-tuning),
+    besides PAD, BOS and UNK, which never are.
     Scores stay the model's log-probabilities of the tokens chosen."""
     if sample:  # n_best independent samples per input (rows repeated), the likeliest first
         if n_best > 1:
@@ -64,7 +65,8 @@ def generate(
             model, src, src_mask, max_lens, temperature, top_k, top_p, generator, no_repeat_ngram, banned
         )
         groups = [hyps[i : i + n_best] for i in range(0, len(hyps), n_best)]
-        return [sorted(g, key=lambda h: -h.score) for g in groups]
+        # An n-best list of alternatives: a sample drawn twice appears once.
+        return [sorted({tuple(h.tokens): h for h in g}.values(), key=lambda h: -h.score) for g in groups]
     if beam == 1:
         hyps = _greedy_or_sample(
             model, src, src_mask, max_lens, no_repeat_ngram=no_repeat_ngram, banned=banned
@@ -86,9 +88,12 @@ assert (PAD, BOS) == (0, 1), "_restrict_to_eos bans both with one slice"
 
 
 def _restrict_to_eos(logp: Tensor, rows: Tensor | None, banned: Tensor | None = None) -> Tensor:
-    """Padding, BOS and the ``banned`` ids are never outputs; ``rows`` (B,) bool that reached their length
-    limit may only end (None: no row has, which callers know without looking at the tensor)."""
+    """Padding, BOS, UNK and the ``banned`` ids are never outputs; ``rows`` (B,) bool that reached their
+    length limit may only end (None: no row has, which callers know without looking at the tensor). UNK
+    decodes to nothing: an output holding it read as a shorter text (or as another n-best entry's) whose
+    log-probability was not that text's."""
     logp[:, :2] = float("-inf")  # PAD and BOS
+    logp[:, UNK] = float("-inf")
     if banned is not None:
         logp[:, banned] = float("-inf")
     if rows is not None and rows.any():
@@ -148,7 +153,9 @@ def _greedy_or_sample(
             # (16 x 8,000 floats, 2 threads: 45 against 111 us), which also needed a gather after it
             lp, nxt = logp.max(-1)
         else:
-            nxt = _sample(logp / temperature, top_k, top_p, generator)
+            # Shifted so that the best token is at 0 first: a tiny temperature (1e-40) overflowed every
+            # logit to -inf, and the softmax of all -inf is NaN.
+            nxt = _sample((logp - logp.amax(-1, keepdim=True)) / temperature, top_k, top_p, generator)
             lp = logp.gather(1, nxt[:, None]).squeeze(1)
         steps.append((active, nxt, lp))
         if no_repeat_ngram:
@@ -198,11 +205,12 @@ def _beam(
     no_repeat_ngram: int = 0,
     banned: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
-    """Beam search, vectorised over batch x beam.
-
-    A finished hypothesis stays in the beam and extends only with padding at no cost, so it competes with
-    live ones on its total log-probability; the search ends when every beam of every input has finished.
-    The final ranking divides each score by length**length_penalty.
+    """Beam search, vectorised over batch x beam, as fairseq's: each step ranks the 2k best extensions of
+    an input's k live hypotheses; an EOS among the first k of them finishes a hypothesis, which is put
+    aside for good, and the k best others live on. An input is done when k hypotheses have finished (the
+    length limit finishes the rest); its n_best are the finished ones ranked by score / length**penalty.
+    (Keeping finished hypotheses in the beam instead, where live ones could push them out, lost the best
+    output to longer, worse ones.)
     """
     b, device = src.shape[0], src.device
     expand = torch.arange(b, device=device).repeat_interleave(k)
@@ -214,48 +222,58 @@ def _beam(
     scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first at step 0
     tokens = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
     last = tokens  # (b * k, 1) the newest tokens, contiguous: see below
-    finished = torch.zeros(b * k, dtype=torch.bool, device=device)
-    lengths = torch.zeros(b * k, device=device)
     base = (torch.arange(b, device=device) * k)[:, None]
+    finished: list[list[Hypothesis]] = [[] for _ in range(b)]
+    done = torch.zeros(b, dtype=torch.bool, device=device)  # k hypotheses finished
     cache = None
     for t in range(int(max_lens.max()) + 1):
         logits, cache = model.decode(last, memory, cache)
         logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-        logp = _restrict_to_eos(logp, (t >= lim) & ~finished, banned)
-        if no_repeat_ngram:  # finished rows (EOS, padding in their history) extend with PAD regardless
+        logp = _restrict_to_eos(logp, t >= lim, banned)
+        if no_repeat_ngram:
             logp = _ban_repeats(logp, tokens[:, 1:], no_repeat_ngram)
         v = logp.shape[-1]
         # The candidates' totals, in place in logp (a fresh tensor of b * k * V floats costs page faults on
-        # the CPU); a finished hypothesis extends only with PAD, at no cost: only its row is written over.
-        cand = logp.add_(scores.view(-1, 1))
-        if finished.any():
-            cand.index_fill_(0, finished.nonzero().squeeze(1), float("-inf"))
-        cand[:, PAD] = torch.where(finished, scores.view(-1), float("-inf"))
-        cand = cand.view(b, k * v)
-        scores, idx = cand.topk(k, dim=-1)
+        # the CPU). At most k of the 2k end (one per live hypothesis), so k others always remain.
+        cand = logp.add_(scores.view(-1, 1)).view(b, k * v)
+        top, idx = cand.topk(2 * k, dim=-1)
+        ends = (idx % v == EOS) & (top > float("-inf"))
+        ending = ends[:, :k] & ~done[:, None]
+        if ending.any():
+            _put_aside(finished, ending, top, tokens[:, 1:], base + idx // v, k)
+            done = torch.tensor([len(f) >= k for f in finished], device=device)
+        scores, j = top.masked_fill(ends, float("-inf")).topk(k, dim=-1)
+        scores.masked_fill_(done[:, None], float("-inf"))  # a done input's beams stop competing
+        idx = idx.gather(1, j)
         rows = (base + idx // v).view(-1)
         tok = (idx % v).view(-1)
-        was_finished = finished[rows]
         tokens = torch.cat([tokens[rows], tok[:, None]], dim=1)
         # Not ``tokens[:, -1:]``, whose row stride grows every step: a model compiled by torch.compile
         # guards on input strides and recompiled for it at steps 2 and 3 (about 17 s each, tiny model).
         last = tok[:, None]
-        lengths = lengths[rows] + (~was_finished).float()
-        finished = was_finished | (tok == EOS)
-        if finished.all():
+        if bool((scores == float("-inf")).all()):  # every input done, or out of live hypotheses
             break
         cache = cache.reorder(rows)
-    norm = scores.view(-1) / lengths.clamp(min=1) ** length_penalty
-    flat = scores.view(-1).tolist()
     out = []
-    for i in range(b):
-        order = norm[i * k : (i + 1) * k].argsort(descending=True, stable=True).tolist()
-        # Beams that never held a real hypothesis (fewer outputs reachable than beams: a short length limit,
-        # a tiny vocabulary) score -inf and hold junk (past the limit, repeated, BOS): they are not returned,
-        # so an n-best list can be shorter than n_best.
-        real = [j for j in order if flat[i * k + j] > float("-inf")][:n_best] or order[:1]
-        out.append([Hypothesis(_finish(tokens[i * k + j, 1:]), flat[i * k + j]) for j in real])
+    for hyps in finished:
+        # Fewer outputs reachable than n_best (a short length limit, a tiny vocabulary): a shorter list.
+        ranked = sorted(hyps, key=lambda h: -h.score / (len(h.tokens) + 1) ** length_penalty)
+        out.append(ranked[:n_best])
     return out
+
+
+def _put_aside(
+    finished: list[list[Hypothesis]], ending: Tensor, top: Tensor, tokens: Tensor, rows: Tensor, k: int
+) -> None:
+    """Move the hypotheses that end at this step into ``finished`` (each input's list, at most ``k``, in the
+    order of their scores). ending: (B, k) bool over the first k candidates; top: (B, 2k) their totals;
+    tokens: (B * k, T) each live row's tokens so far (never EOS or padding); rows: (B, 2k) the row each
+    candidate extends."""
+    i, c = ending.nonzero(as_tuple=True)
+    toks = tokens[rows[i, c]].tolist()
+    for ii, total, seq in zip(i.tolist(), top[i, c].tolist(), toks, strict=True):
+        if len(finished[ii]) < k:
+            finished[ii].append(Hypothesis(seq, total))
 
 
 @torch.no_grad()

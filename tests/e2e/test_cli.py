@@ -120,8 +120,14 @@ def test_generate_keeps_one_line_per_input_in_order(reversing_run, capsys, monke
         api.load(run).generate(inputs, seed=3)
     # values no sampler takes: one line, not a torch traceback (nan passed every range check)
     for flags, says in ((["--temperature", "nan"], "search.temperature must be a number > 0, got nan"),
-                        (["--seed", str(2**70)], f"seed must be in [0, 2**63), got {2**70}")):  # fmt: skip
+                        (["--seed", str(2**70)], f"seed must be in [0, 2**63 - 2**32) (buffer k samples with "
+                                                 f"seed + k), got {2**70}"),
+                        (["--temperature", "1e-40"], None)):  # fmt: skip
         monkeypatch.setattr(sys, "stdin", _Lines(inputs))
+        if says is None:  # a tiny temperature is greedy decoding (it overflowed to NaN: a torch traceback)
+            assert main(["generate", str(run), "--sample", *flags]) == 0
+            assert capsys.readouterr().out == "".join(f"{x}\n" for x in api.load(run).generate(inputs))
+            continue
         assert main(["generate", str(run), "--sample", *flags]) == 2
         assert says in capsys.readouterr().err
     monkeypatch.setattr(sys, "stdin", _Lines(inputs))
