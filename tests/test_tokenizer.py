@@ -206,3 +206,22 @@ def test_tokenizer_pair_separate(tmp_path):
 def test_shared_requires_same_mode():
     with pytest.raises(ConfigError, match="same mode"):
         build_tokenizers(["a"], ["b"], "bpe", "word", vocab_size=300, shared=True)
+
+
+def test_training_texts_are_cut_into_bounded_pieces(monkeypatch):
+    """Subword training is quadratic in a word's length: one line of 2M letters (DNA, base64) took more than
+    10 minutes. The trainer gets pieces of at most 1,000 characters, cut at a space where there is one."""
+    from bigseq import tokenizer as tokenizer_mod
+
+    words = "the quick brown fox " * 120
+    pieces = list(tokenizer_mod._training_pieces(words))
+    assert "".join(pieces) == words and all(len(p) <= 1000 and p.endswith(" ") for p in pieces)
+    dna = "acgt" * 1001
+    assert [len(p) for p in tokenizer_mod._training_pieces(dna)] == [1000, 1000, 1000, 1000, 4]
+    assert list(tokenizer_mod._training_pieces("short")) == ["short"]
+    seen = []
+    real = tokenizer_mod._training_pieces
+    monkeypatch.setattr(tokenizer_mod, "_training_pieces", lambda t: seen.append(t) or real(t))
+    tok = Tokenizer.train([dna, "a b c"], "bpe", vocab_size=300)
+    assert seen == [dna, "a b c"]
+    assert tok.decode(tok.encode(dna)) == dna  # a text longer than a piece still round-trips
