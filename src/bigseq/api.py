@@ -831,6 +831,13 @@ def pretrain(
         cfg = _resumed(cfg, out, log)
     else:  # shapes the corpus cannot change: refused before the tokenizer is trained
         _no_init(cfg, log)
+        d = cfg.data
+        if tokenizer is None and not (d.shared_vocab and d.src_tokenizer == d.tgt_tokenizer):
+            raise ConfigError(
+                "pretraining trains one tokenizer for source and target: set data.src_tokenizer and "
+                f"data.tgt_tokenizer to one mode, with data.shared_vocab=true (got {d.src_tokenizer!r}, "
+                f"{d.tgt_tokenizer!r}, shared_vocab={d.shared_vocab})"
+            )
         p = cfg.pretrain
         # The decoder reads BOS + up to a whole window (infilling's target); sources are never longer.
         if p.window_tokens + 1 > cfg.model.max_positions:

@@ -98,7 +98,8 @@ class DataConfig:
         if self.shared_vocab and self.src_tokenizer != self.tgt_tokenizer:
             raise ConfigError(
                 "data.shared_vocab=true needs data.src_tokenizer == data.tgt_tokenizer "
-                f"(got {self.src_tokenizer!r} and {self.tgt_tokenizer!r}); set data.shared_vocab=false"
+                f"(got {self.src_tokenizer!r} and {self.tgt_tokenizer!r}); set both to one mode, or (train) "
+                "data.shared_vocab=false for a vocabulary per side"
             )
         for name in ("vocab_size", "max_src_len", "max_tgt_len"):
             _positive(f"data.{name}", getattr(self, name))

@@ -143,6 +143,14 @@ def test_finetune_errors_are_one_line(pretrained, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["pretrain", "--text", str(tmp_path / "*.txt"), "--out", str(tmp_path / "p"), "--quiet"]) == 2
     assert "no files match" in capsys.readouterr().err
+    # pretraining has one tokenizer: a mode for one side only, or separate vocabularies, are refused clearly
+    corpus = ["pretrain", "--text", str(train.parent / "*.txt"), "--out", str(tmp_path / "p"), "--quiet"]
+    assert main([*corpus, "--set", "data.src_tokenizer=char"]) == 2
+    assert "set both to one mode" in capsys.readouterr().err
+    both = ["--set", "data.src_tokenizer=char", "--set", "data.shared_vocab=false"]
+    assert main([*corpus, *both]) == 2
+    assert "pretraining trains one tokenizer for source and target" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
     # an init run whose weights are damaged (a truncated copy): refused before --out is made
     damaged = tmp_path / "damaged"
     shutil.copytree(run, damaged, ignore=shutil.ignore_patterns("train_state", "shards", "snapshots"))
