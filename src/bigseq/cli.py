@@ -375,7 +375,9 @@ def _generate(args: argparse.Namespace) -> None:
         raise ConfigError("--seed applies only when sampling (--sample)")
     # torch.Generator takes seeds below 2**63; the k-th buffer samples with --seed + k
     if args.seed is not None and not 0 <= args.seed < 2**63 - 2**32:
-        raise ConfigError(f"seed must be in [0, 2**63 - 2**32) (buffer k samples with seed + k), got {args.seed}")
+        raise ConfigError(
+            f"seed must be in [0, 2**63 - 2**32) (buffer k samples with seed + k), got {args.seed}"
+        )
     batch_size = settings.batch_size
     interactive = getattr(sys.stdin, "isatty", lambda: False)()
     size = args.buffer_size
