@@ -171,6 +171,24 @@ def test_a_spelled_sentinel_encodes_as_pretraining_places_it(mode):
     assert tok.decode(head + [4] + tail) == "The quick brown jumps over"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_the_fixed_special_tokens_spelled_in_text_are_text(mode):
+    """An HTML ``<s>`` or a literal ``<pad>`` encodes as text (no PAD / BOS / EOS id inside a sequence), in
+    encode and encode_batch alike; a sentinel beside one is still the sentinel, with the same ids as when
+    no fixed spelling is in the text."""
+    corpus = [*CORPUS, "<s> and </s> and <pad> and <unk> as written on a web page"]
+    tok = Tokenizer.train(corpus, mode=mode, vocab_size=300, extra_special_tokens=["<extra_id_0>"])
+    text = "a page said <s>old price</s> and <pad> then <unk>"
+    ids = tok.encode(text)
+    assert tok.encode_batch(["fox", text]) == [tok.encode("fox"), ids]
+    assert not {PAD, BOS, EOS} & set(ids)
+    if mode in ("bpe", "char"):  # their characters are in the vocabulary: the text round-trips
+        assert tok.decode(ids) == text and UNK not in ids
+    prompt = "The quick brown <extra_id_0> jumps over"
+    fast = tok.encode(prompt)  # no fixed spelling: the library's own encoding
+    assert 4 in fast and tok.encode(prompt + " </s>")[: len(fast)] == fast
+
+
 def test_invalid_mode_and_settings():
     with pytest.raises(ConfigError, match="bpe, unigram, char, word"):
         Tokenizer.train(CORPUS, mode="sentencepiece")

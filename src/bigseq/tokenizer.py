@@ -12,9 +12,10 @@ Four modes:
 
 The special tokens always have the same ids: ``<pad>``=0, ``<s>``=1, ``</s>``=2, ``<unk>``=3, followed by any
 extra special tokens (e.g. T5 sentinels). ``encode`` adds no BOS/EOS: the caller decides where they go. Text
-that spells a special token encodes to it, as Hugging Face tokenizers do: that is how an infilling prompt
-names its sentinels ("The cat <extra_id_0> the mat"); it also means a corpus holding a literal ``</s>``
-gets an end of sequence there (decoding drops special tokens, so such text does not round-trip). In bpe and
+that spells an extra special token encodes to it, as Hugging Face tokenizers do: that is how an infilling
+prompt names its sentinels ("The cat <extra_id_0> the mat"). The spellings of the four fixed ones are text
+like any other (the library would match them too: an HTML ``<s>`` in a corpus became BOS, a ``<pad>`` was
+masked out of attention); a vocabulary without their characters (word mode) has ``<unk>`` for them. In bpe and
 unigram, an extra special token takes the spaces around its spelling with it (``lstrip`` / ``rstrip``):
 the text on each side is encoded on its own, with its own leading space, so "cat <extra_id_0> the" gives
 ``Ġc at <extra_id_0> Ġthe`` -- the ids span corruption makes of "cat sat the" -- not ``... at Ġ <extra_id_0>
@@ -25,8 +26,10 @@ back from the model and pre-tokenizer types stored in it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,8 @@ from bigseq.errors import BigseqError, ConfigError
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+# Their spellings in a text, which are encoded as the text they are (Tokenizer._encode_literally).
+_BASE_SPELLING = re.compile("|".join(re.escape(t) for t in SPECIALS))
 MODES = ("bpe", "unigram", "char", "word")
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -184,11 +189,46 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without BOS/EOS."""
+        if "<" in text and _BASE_SPELLING.search(text):
+            return self._encode_literally(text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without BOS/EOS (encoded in parallel by the library)."""
-        return [enc.ids for enc in self._encode_batch(texts, add_special_tokens=False)]
+        out = [enc.ids for enc in self._encode_batch(texts, add_special_tokens=False)]
+        for i, text in enumerate(texts):
+            if "<" in text and _BASE_SPELLING.search(text):
+                out[i] = self._encode_literally(text)
+        return out
+
+    def _encode_literally(self, text: str) -> list[int]:
+        """``text`` holding a spelling of ``<pad>``, ``<s>``, ``</s>`` or ``<unk>``, encoded as the
+        characters it is (the library would give the special id: an HTML ``<s>`` became BOS inside a
+        pretraining window, a ``<pad>`` was masked out of attention). The extra special tokens (sentinels)
+        are still recognised, with the spaces their lstrip / rstrip take, as the library does."""
+        literal, extra, ids_of = self._literal_encoder
+        out: list[int] = []
+        for k, part in enumerate([text] if extra is None else extra.split(text)):
+            if k % 2:  # an extra special token, with the spaces it took
+                out.append(ids_of[part.strip()])
+            elif part:
+                out += literal.encode(part, add_special_tokens=False).ids
+        # A word-level vocabulary holds the specials' spellings as words: such a word is unknown text.
+        return [UNK if i < len(SPECIALS) else i for i in out]
+
+    @functools.cached_property
+    def _literal_encoder(self) -> tuple[tokenizers.Tokenizer, re.Pattern | None, dict[str, int]]:
+        """A copy of the tokenizer that matches no special token in text; a pattern (one group) matching
+        the extra special tokens with the spaces they take; their ids."""
+        literal = tokenizers.Tokenizer.from_str(self._tok.to_str())
+        literal.encode_special_tokens = True
+        extra = [t for i, t in self._tok.get_added_tokens_decoder().items() if i >= len(SPECIALS)]
+        extra.sort(key=lambda t: -len(t.content))  # the longest first, as the library matches
+        spaced = [
+            (r"\s*" if t.lstrip else "") + re.escape(t.content) + (r"\s*" if t.rstrip else "") for t in extra
+        ]
+        pattern = re.compile(f"({'|'.join(spaced)})") if extra else None
+        return literal, pattern, {t.content: self._tok.token_to_id(t.content) for t in extra}
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, skipping special tokens (``<unk>`` included). Truncate at EOS before calling."""
