@@ -15,6 +15,7 @@ epoch number, and memory holds one chunk of pairs at a time however large the co
 
 from __future__ import annotations
 
+import array
 import math
 
 import numpy as np
@@ -31,12 +32,13 @@ def cut_windows(shards: ShardSet, window_tokens: int, with_separators: bool) -> 
     whose length, plus one separator between segments if ``with_separators``, is at most ``window_tokens``.
     A segment longer than that is split into pieces of ``window_tokens``. Windows shorter than
     ``MIN_LENGTH`` tokens are dropped (an objective needs something to hide and something to keep)."""
-    rows: list[tuple[int, int, int]] = []
+    # 24 bytes a window (a list of tuples took ~200: 12-16 GB at the peak for a 10-billion-token corpus)
+    rows = array.array("q")
     sep = 1 if with_separators else 0
 
     def emit(k: int, a: int, b: int) -> None:
         if b - a >= MIN_LENGTH:
-            rows.append((k, a, b))
+            rows.extend((k, a, b))
 
     for k in range(shards.n_shards):
         off = np.asarray(shards.offsets[k]).tolist()
@@ -56,7 +58,7 @@ def cut_windows(shards: ShardSet, window_tokens: int, with_separators: bool) -> 
                 end, used = b, used + sep + (b - a)
         if start >= 0:
             emit(k, start, end)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    return np.frombuffer(rows, dtype=np.int64).reshape(-1, 3) if rows else np.zeros((0, 3), dtype=np.int64)
 
 
 class PretrainData:
