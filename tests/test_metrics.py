@@ -98,8 +98,18 @@ def test_score_keys_and_values():
     assert out["exact_match"] == pytest.approx(0.5)
     assert out["wer"] == pytest.approx(50.0)
     assert out["per"] == pytest.approx(100 * 1 / 3)
-    assert out["accuracy"] == pytest.approx(0.5)  # first reference is the label
+    assert out["accuracy"] == pytest.approx(0.5)
     assert set(score(preds, refs, list(METRICS))) == {"n", *METRICS}
+
+
+def test_accuracy_and_macro_f1_count_a_match_with_any_reference():
+    """Several references are several correct answers (DESIGN.md): accuracy agrees with exact match and with
+    --predictions' ``correct``; macro-F1 credits the class matched, else counts the first reference missed."""
+    preds, refs = ["cba", "x", "b"], [["abc", "cba"], ["y"], ["a", "b"]]
+    out = score(preds, refs, ["exact_match", "accuracy", "macro_f1"])
+    assert out["accuracy"] == out["exact_match"] == pytest.approx(2 / 3)
+    # classes: cba (TP 1), b (TP 1), x (FP 1), y (FN 1): F1 = 1, 1, 0, 0
+    assert out["macro_f1"] == pytest.approx(0.5)
 
 
 def test_score_unknown_metric():

@@ -142,19 +142,26 @@ def macro_f1(preds: Sequence[str], labels: Sequence[str]) -> float:
     return sum(2 * tp[c] / (2 * tp[c] + fp[c] + fn[c]) for c in classes) / len(classes)
 
 
-def _first(refs: Sequence[Sequence[str]]) -> list[str]:
-    return [r[0] for r in refs]
+def _labels(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> list[str]:
+    """Each example's gold label for accuracy / macro-F1: the reference its prediction matches, else the
+    first. With one reference each, the references themselves; with several, a prediction is right when it
+    is any of them, as for exact match (and the ``correct`` of ``--predictions``)."""
+    _check(preds, refs)
+    return [
+        next((r for r in rs if _normalize(r) == _normalize(p)), rs[0])
+        for p, rs in zip(preds, refs, strict=True)
+    ]
 
 
-# Metric name -> function of (preds, refs); accuracy / macro_f1 take each example's first reference as label.
+# Metric name -> function of (preds, refs); accuracy / macro_f1 take one label per example (_labels).
 METRICS: dict[str, Callable[[Sequence[str], Sequence[Sequence[str]]], float]] = {
     "exact_match": exact_match,
     "wer": wer,
     "per": per,
     "bleu": bleu,
     "chrf": chrf,
-    "accuracy": lambda preds, refs: accuracy(preds, _first(refs)),
-    "macro_f1": lambda preds, refs: macro_f1(preds, _first(refs)),
+    "accuracy": lambda preds, refs: accuracy(preds, _labels(preds, refs)),
+    "macro_f1": lambda preds, refs: macro_f1(preds, _labels(preds, refs)),
 }
 
 
