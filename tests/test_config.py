@@ -150,3 +150,28 @@ def test_a_config_file_that_is_a_list_or_a_directory_is_named(tmp_path):
         read_yaml(tmp_path)
     (tmp_path / "empty.yaml").write_text("")
     assert read_yaml(tmp_path / "empty.yaml") == {}
+
+
+def test_a_bad_value_from_a_config_file_names_the_file_unless_overridden(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: -1\ndata:\n  labels: [a, '']\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.lr must be > 0, got -1"):
+        build_config(bad, overrides=["data.labels=[a, b]"]).validate()
+    with pytest.raises(ConfigError, match=r"bad.yaml: data.labels"):
+        build_config(bad, overrides=["train.lr=0.001"]).validate()
+    with pytest.raises(ConfigError, match=r"^train.lr must be > 0, got -2"):  # the bad value is --set's
+        build_config(bad, overrides=["train.lr=-2", "data.labels=[a]"]).validate()
+
+
+def test_yes_no_on_off_are_strings_as_in_yaml_1_2(tmp_path):
+    """PyYAML reads yes / no / on / off as booleans (YAML 1.1): a classification task labelled yes / no could
+    not list its labels."""
+    f = tmp_path / "labels.yaml"
+    f.write_text("data:\n  labels: [yes, no, on, off]\n  shared_vocab: false\n")
+    assert build_config(f).validate().data.labels == ["yes", "no", "on", "off"]
+    cfg = build_config(overrides=["data.labels=[yes, no]", "data.shared_vocab=true"]).validate()
+    assert (cfg.data.labels, cfg.data.shared_vocab) == (["yes", "no"], True)
+    cfg.save(tmp_path / "saved.yaml")  # written quoted, read back as strings
+    assert Config.load(tmp_path / "saved.yaml").data.labels == ["yes", "no"]
+    with pytest.raises(ConfigError, match="data.shared_vocab must be true or false, got 'yes'"):
+        build_config(overrides=["data.shared_vocab=yes"])

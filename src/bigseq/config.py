@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -314,6 +315,17 @@ class Config:
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "bleu", "chrf"])
 
     def validate(self) -> Config:
+        """Every setting checked; an error about a value that a config file gave names the file."""
+        try:
+            return self._validate()
+        except ConfigError as e:
+            path, keys = getattr(self, "_file_keys", (None, set()))
+            key = re.match(r"[\w.\[\]]+", str(e))
+            if path is not None and key and key.group(0) in keys:
+                raise ConfigError(f"{path}: {e}") from None
+            raise
+
+    def _validate(self) -> Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
@@ -391,11 +403,26 @@ def build_config(
                 raise ConfigError(f"preset must be a name ({', '.join(PRESETS)}), got {file_preset!r}")
             apply_preset(cfg, file_preset)
         from_dict(file_cfg, cfg)
+    file_keys = set(_dotted(file_cfg))
     for key, value in flags.items():
         if value is not None:
             section, name = key.split("__")
             from_dict({section: {name: value}}, cfg)
-    return apply_overrides(cfg, list(overrides))
+            file_keys.discard(f"{section}.{name}")
+    apply_overrides(cfg, list(overrides))
+    file_keys -= {kv.partition("=")[0].strip() for kv in overrides}
+    if path:  # for validate() to name the file a bad value came from (not a field: never saved)
+        object.__setattr__(cfg, "_file_keys", (path, {k for key in file_keys for k in (key, f"{key}[]")}))
+    return cfg
+
+
+def _dotted(data: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted keys of a nested dict's leaves (``{"train": {"lr": 1}}`` -> ``train.lr``)."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 @contextlib.contextmanager
@@ -443,6 +470,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1 (PyYAML's) reads yes / no / on / off as booleans: labels [yes, no] failed as "must be a string,
+# got True". As YAML 1.2 does, only true / false are booleans here; the rest are the strings written.
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def _where(path: Path, e: yaml.YAMLError) -> str:
     """``path:LINE:COLUMN`` of a YAML error (``path`` alone when the parser gives no position)."""
     mark = getattr(e, "problem_mark", None)
@@ -469,7 +507,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. model.d_model=512), got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item}: not a YAML value: {getattr(e, 'problem', None) or e}") from None
         nested: dict[str, Any] = {}
