@@ -51,8 +51,8 @@ def generate(
     banned: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """src: (B, S) ids; src_mask: (B, S) bool; max_lens: (B,) -> for each input, ``n_best`` hypotheses
-    (with ``sample``: the distinct outputs among ``n_best`` independent samples, the likeliest first); fewer
-    where the length limit or the vocabulary allows fewer distinct outputs than that.
+    (with ``sample``: ``n_best`` independent samples, the likeliest first, repeats included); for search,
+    fewer where the length limit or the vocabulary allows fewer distinct outputs than that.
     ``no_repeat_ngram`` n > 0: no output holds any n-gram (n consecutive tokens) twice (n = 1: no token
     twice), as fairseq's ``--no-repeat-ngram-size``; the cure for the loops a weak model's beam falls
     into ("be be be be"). ``banned``: (N,) ids never output (e.g. pretraining's sentinels after fine-tuning),
@@ -65,8 +65,8 @@ def generate(
             model, src, src_mask, max_lens, temperature, top_k, top_p, generator, no_repeat_ngram, banned
         )
         groups = [hyps[i : i + n_best] for i in range(0, len(hyps), n_best)]
-        # An n-best list of alternatives: a sample drawn twice appears once.
-        return [sorted({tuple(h.tokens): h for h in g}.values(), key=lambda h: -h.score) for g in groups]
+        # Repeats are kept: how often an output is drawn is what sampling estimates (e.g. a majority vote).
+        return [sorted(g, key=lambda h: -h.score) for g in groups]
     if beam == 1:
         hyps = _greedy_or_sample(
             model, src, src_mask, max_lens, no_repeat_ngram=no_repeat_ngram, banned=banned
