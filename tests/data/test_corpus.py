@@ -299,3 +299,14 @@ def test_a_file_named_with_glob_characters_is_that_file(tmp_path):
     write(tmp_path / "notes1.txt", "the other one\n")
     assert resolve_inputs([str(odd)]) == [odd.resolve()]
     assert resolve_inputs([str(tmp_path / "notes?.txt")]) == [(tmp_path / "notes1.txt").resolve()]
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path, tok):
+    """A UTF-8 BOM (Windows editors write one) at the start of a .txt or .jsonl file is no character of its
+    first line; a BOM anywhere else is kept (it is text there)."""
+    txt = write(tmp_path / "a.txt", "\ufeffthe first line\nthe \ufeff second\n".encode())
+    jsonl = write(tmp_path / "b.jsonl", '\ufeff{"text": "the first line"}\n'.encode())
+    shards = build_shards([txt, jsonl], tok, tmp_path / "shards")
+    assert [s.tolist() for s in shards] == [
+        tok.encode(t) for t in ("the first line", "the \ufeff second", "the first line")
+    ]
