@@ -356,20 +356,9 @@ def test_missing_run_dir_and_bad_override(tmp_path, reverse_task, capsys):
                  "--set", "model.d_model=-4"])  # fmt: skip
     assert code == 2
     assert "model.d_model must be > 0" in capsys.readouterr().err
+    args = ["train", "--train", str(train), "--valid", str(valid), "--out", str(tmp_path / "r")]
     with pytest.raises(SystemExit) as stop:  # argparse's own exit
-        main(
-            [
-                "train",
-                "--train",
-                str(train),
-                "--valid",
-                str(valid),
-                "--out",
-                str(tmp_path / "r"),
-                "--resume",
-                "yes",
-            ]
-        )
+        main([*args, "--resume", "yes"])
     assert stop.value.code == 2 and "--resume takes no value, or 'auto'" in capsys.readouterr().err
 
 
