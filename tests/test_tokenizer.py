@@ -176,13 +176,17 @@ def test_the_fixed_special_tokens_spelled_in_text_are_text(mode):
     """An HTML ``<s>`` or a literal ``<pad>`` encodes as text (no PAD / BOS / EOS id inside a sequence), in
     encode and encode_batch alike; a sentinel beside one is still the sentinel, with the same ids as when
     no fixed spelling is in the text."""
-    corpus = [*CORPUS, "<s> and </s> and <pad> and <unk> as written on a web page"]
+    corpus = [*CORPUS, "<s> and </s> and <pad> and <unk> as written on a web page <extra_id_0> <x/>"]
     tok = Tokenizer.train(corpus, mode=mode, vocab_size=300, extra_special_tokens=["<extra_id_0>"])
+    # spelled as words in the corpus, they kept their ids (word mode gave <pad> another word's id)
+    assert [tok.token_to_id(t) for t in [*SPECIALS, "<extra_id_0>"]] == [0, 1, 2, 3, 4]
     text = "a page said <s>old price</s> and <pad> then <unk>"
     ids = tok.encode(text)
+    # NFKC (unigram) makes <s> of a full-width ＜s＞ only after the check: its model never picks the piece
+    assert not {PAD, BOS, EOS} & set(tok.encode("a ＜s＞ b ＜/s＞ c ﹤pad﹥"))
     assert tok.encode_batch(["fox", text]) == [tok.encode("fox"), ids]
     assert not {PAD, BOS, EOS} & set(ids)
-    if mode in ("bpe", "char"):  # their characters are in the vocabulary: the text round-trips
+    if mode in ("bpe", "char", "unigram"):  # their characters are in the vocabulary: the text round-trips
         assert tok.decode(ids) == text and UNK not in ids
     prompt = "The quick brown <extra_id_0> jumps over"
     fast = tok.encode(prompt)  # no fixed spelling: the library's own encoding

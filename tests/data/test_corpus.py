@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bigseq.data import corpus as corpus_mod
 from bigseq.data.corpus import INDEX_FILE, ShardSet, build_shards, resolve_inputs
 from bigseq.errors import BigseqError, DataError
 from bigseq.tokenizer import Tokenizer
@@ -141,7 +142,7 @@ def test_windows(tmp_path, tok):
         shards.segment(shards.n_segments)
 
 
-def test_second_build_reuses_and_changes_rebuild(tmp_path, tok):
+def test_second_build_reuses_and_changes_rebuild(tmp_path, tok, monkeypatch):
     files, segments, docs = make_corpus(tmp_path)
     out = tmp_path / "shards"
     first = build_shards(files, tok, out, shard_tokens=30)
@@ -173,6 +174,11 @@ def test_second_build_reuses_and_changes_rebuild(tmp_path, tok):
     assert not build_shards(files[:2], other, out, shard_tokens=30).reused
     assert not build_shards(files[:2], other, out, shard_tokens=31).reused
     assert build_shards(files[:2], other, out, shard_tokens=31).reused
+    # A set built by an older encoding (the same tokenizer JSON gave <s> in text as BOS) is rebuilt.
+    monkeypatch.setattr(corpus_mod, "ENCODING", corpus_mod.ENCODING - 1)
+    build_shards(files[:2], other, out, shard_tokens=31)
+    monkeypatch.undo()
+    assert not build_shards(files[:2], other, out, shard_tokens=31).reused
 
 
 def test_failed_build_leaves_the_old_set_and_no_temporary_files(tmp_path, tok):

@@ -48,6 +48,10 @@ from bigseq.tokenizer import Tokenizer
 INDEX_FILE = "index.json"
 FORMAT = "bigseq-shards"
 VERSION = 1
+# How texts become ids, beyond the tokenizer's JSON: part of a set's fingerprint, so that a set built before a
+# change is rebuilt, not reused. 2: the spellings of <pad>, <s>, </s>, <unk> in text are text (they were the
+# special ids: a BOS / PAD inside a window).
+ENCODING = 2
 SUPPORTED_SUFFIXES = (".txt", ".jsonl")
 _HASH_BLOCK = 1 << 20
 
@@ -235,6 +239,7 @@ def build_shards(
     tok_json = tokenizer.backend.to_str()
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     params = {"format": FORMAT, "version": VERSION, "shard_tokens": shard_tokens, "dtype": dtype.name}
+    params["encoding"] = ENCODING
 
     if out_dir.exists() and not out_dir.is_dir():
         raise BigseqError(f"{out_dir}: is a file, not a directory for shards; choose another directory")
