@@ -161,6 +161,17 @@ def test_a_bad_value_from_a_config_file_names_the_file_unless_overridden(tmp_pat
         build_config(bad, overrides=["train.lr=0.001"]).validate()
     with pytest.raises(ConfigError, match=r"^train.lr must be > 0, got -2"):  # the bad value is --set's
         build_config(bad, overrides=["train.lr=-2", "data.labels=[a]"]).validate()
+    # an error naming two settings names the file only if both came from it; --set replacing a whole
+    # section takes that section's keys from the file
+    sized = tmp_path / "sized.yaml"
+    sized.write_text("model:\n  d_model: 64\n  n_heads: 4\n")
+    with pytest.raises(ConfigError, match=r"^model.d_model \(64\) must be divisible by model.n_heads \(5\)"):
+        build_config(sized, overrides=["model.n_heads=5"]).validate()
+    with pytest.raises(ConfigError, match=r"^model.d_model \(65\) must be divisible"):
+        build_config(sized, overrides=["model={d_model: 65}"]).validate()
+    sized.write_text("model:\n  d_model: 65\n  n_heads: 4\n")
+    with pytest.raises(ConfigError, match=r"sized.yaml: model.d_model \(65\) must be divisible"):
+        build_config(sized).validate()
 
 
 def test_yes_no_on_off_are_strings_as_in_yaml_1_2(tmp_path):

@@ -320,8 +320,10 @@ class Config:
             return self._validate()
         except ConfigError as e:
             path, keys = getattr(self, "_file_keys", (None, set()))
-            key = re.match(r"[\w.\[\]]+", str(e))
-            if path is not None and key and key.group(0) in keys:
+            # Named only when every setting the message names came from the file (not "d_model (65) must be
+            # divisible by model.n_heads" where --set gave one of them).
+            named = set(re.findall(r"\b(?:[a-z_]+\.)+[a-z_]+(?:\[\])?|\bmetrics\b(?:\[\])?", str(e)))
+            if path is not None and named and named <= keys:
                 raise ConfigError(f"{path}: {e}") from None
             raise
 
@@ -410,7 +412,8 @@ def build_config(
             from_dict({section: {name: value}}, cfg)
             file_keys.discard(f"{section}.{name}")
     apply_overrides(cfg, list(overrides))
-    file_keys -= {kv.partition("=")[0].strip() for kv in overrides}
+    for key in (kv.partition("=")[0].strip() for kv in overrides):  # a key, or a whole section (model={...})
+        file_keys = {k for k in file_keys if k != key and not k.startswith(f"{key}.")}
     if path:  # for validate() to name the file a bad value came from (not a field: never saved)
         object.__setattr__(cfg, "_file_keys", (path, {k for key in file_keys for k in (key, f"{key}[]")}))
     return cfg
