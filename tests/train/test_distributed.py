@@ -130,9 +130,12 @@ def test_sigterm_to_torchrun_saves_on_every_rank_and_resumes(tmp_path, reverse_t
     rngs = [r["cpu"] for r in state["rng_by_rank"]]
     assert len(rngs) == 2 and not torch.equal(rngs[0], rngs[1]) and torch.equal(rngs[0], state["rng"])
     capsys.readouterr()
+    # one process with grad_accum 2 takes the 2 batches a step took: nothing to say
+    assert main([*args, "--max-steps", str(stopped_at + 2), "--resume", "--set", "train.grad_accum=2"]) == 0
+    assert "resume: a step now takes" not in capsys.readouterr().err
     assert main([*args, "--max-steps", str(stopped_at + 4), "--resume"]) == 0
-    assert ("resume: the run was trained by 2 process(es), now by 1: a step now takes 1 batch(es) of "
-            "train.batch_tokens instead of 2") in capsys.readouterr().err  # fmt: skip
+    assert ("resume: a step now takes 1 batch(es) of train.batch_tokens (1 process(es) x train.grad_accum 1), "
+            "where the run's took 2 (1 x 2)") in capsys.readouterr().err  # fmt: skip
     assert json.loads((run / "summary.json").read_text())["steps"] == stopped_at + 4
 
 

@@ -176,7 +176,10 @@ class Progress:
     interval_steps: int = 0
     log_loss: float = 0.0
     log_steps: int = 0
-    world_size: int = 0  # processes that trained the steps so far (0: a state from before it was saved)
+    # How the last steps were taken: processes and micro-batches per process (0: a state from before they were
+    # saved). A resume that changes their product changes the global batch: it says so.
+    world_size: int = 0
+    grad_accum: int = 0
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -295,16 +298,16 @@ def fit(
             ) from None
         pr = Progress(**{"evaluated_step": None, **st["progress"]})  # None: a state from before the field
         _restore_rng(st, world, device, tc.seed + world.rank + 7919 * pr.step)
-        if pr.world_size not in (0, world.size):
+        was, now = pr.world_size * pr.grad_accum, world.size * tc.grad_accum
+        if was and was != now:
             # Allowed (the batch list and the position in it carry over), but each step now averages another
             # number of batches: the effective batch and so the step's noise change; lr and schedule do not.
-            was, now = pr.world_size * tc.grad_accum, world.size * tc.grad_accum
-            log(f"resume: the run was trained by {pr.world_size} process(es), now by {world.size}: a step now "
-                f"takes {now} batch(es) of train.batch_tokens instead of {was} (train.grad_accum sets the "
-                "number per process)")  # fmt: skip
+            log(f"resume: a step now takes {now} batch(es) of train.batch_tokens ({world.size} process(es) x "
+                f"train.grad_accum {tc.grad_accum}), where the run's took {was} ({pr.world_size} x "
+                f"{pr.grad_accum})")  # fmt: skip
         if is_main:
             _drop_rows_after(out / "metrics.jsonl", pr.step)
-    pr.world_size = world.size
+    pr.world_size, pr.grad_accum = world.size, tc.grad_accum
 
     def plain() -> torch.nn.Module | None:
         """The full model for saving and validating (gathered from the shards under FSDP: a collective;
