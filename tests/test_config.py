@@ -1,5 +1,7 @@
 """Typed configs: defaults validate, presets, YAML, dotted overrides, and errors that name the field."""
 
+import re
+
 import pytest
 
 from bigseq.config import Config, apply_overrides, apply_preset, build_config, from_dict, read_yaml
@@ -152,26 +154,24 @@ def test_a_config_file_that_is_a_list_or_a_directory_is_named(tmp_path):
     assert read_yaml(tmp_path / "empty.yaml") == {}
 
 
-def test_a_bad_value_from_a_config_file_names_the_file_unless_overridden(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train:\n  lr: -1\ndata:\n  labels: [a, '']\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: train.lr must be > 0, got -1"):
-        build_config(bad, overrides=["data.labels=[a, b]"]).validate()
-    with pytest.raises(ConfigError, match=r"bad.yaml: data.labels"):
-        build_config(bad, overrides=["train.lr=0.001"]).validate()
-    with pytest.raises(ConfigError, match=r"^train.lr must be > 0, got -2"):  # the bad value is --set's
-        build_config(bad, overrides=["train.lr=-2", "data.labels=[a]"]).validate()
-    # an error naming two settings names the file only if both came from it; --set replacing a whole
-    # section takes that section's keys from the file
-    sized = tmp_path / "sized.yaml"
-    sized.write_text("model:\n  d_model: 64\n  n_heads: 4\n")
-    with pytest.raises(ConfigError, match=r"^model.d_model \(64\) must be divisible by model.n_heads \(5\)"):
-        build_config(sized, overrides=["model.n_heads=5"]).validate()
-    with pytest.raises(ConfigError, match=r"^model.d_model \(65\) must be divisible"):
-        build_config(sized, overrides=["model={d_model: 65}"]).validate()
-    sized.write_text("model:\n  d_model: 65\n  n_heads: 4\n")
-    with pytest.raises(ConfigError, match=r"sized.yaml: model.d_model \(65\) must be divisible"):
-        build_config(sized).validate()
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("train:\n  lr: -1\n", [], r"^FILE: train.lr must be > 0, got -1"),
+        ("data:\n  labels: [a, '']\n", [], r"^FILE: data.labels"),
+        ("train:\n  lr: -1\n", ["train.lr=-2"], r"^train.lr must be > 0, got -2"),  # --set's value
+        # an error naming two settings names the file only if both came from it
+        ("model:\n  d_model: 64\n", ["model.n_heads=5"], r"^model.d_model \(64\) must be divisible by"),
+        ("model:\n  d_model: 65\n  n_heads: 4\n", [], r"^FILE: model.d_model \(65\) must be divisible"),
+        # --set replacing a whole section takes that section's keys from the file
+        ("model:\n  d_model: 64\n", ["model={d_model: 65}"], r"^model.d_model \(65\) must be divisible"),
+    ],
+)
+def test_a_bad_value_from_a_config_file_names_the_file_unless_overridden(tmp_path, text, overrides, message):
+    path = tmp_path / "given.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("FILE", re.escape(str(path)))):
+        build_config(path, overrides=overrides).validate()
 
 
 def test_yes_no_on_off_are_strings_as_in_yaml_1_2(tmp_path):
