@@ -44,6 +44,12 @@ PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 # Their spellings in a text, which are encoded as the text they are (Tokenizer._encode_literally).
 _BASE_SPELLING = re.compile("|".join(re.escape(t) for t in SPECIALS))
+
+
+def _spells_a_fixed_special(text: str) -> bool:
+    return "<" in text and _BASE_SPELLING.search(text) is not None  # the "in" test: most texts, cheaply
+
+
 MODES = ("bpe", "unigram", "char", "word")
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -223,7 +229,7 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without BOS/EOS."""
-        if "<" in text and _BASE_SPELLING.search(text):
+        if _spells_a_fixed_special(text):
             return self._encode_literally(text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
@@ -231,7 +237,7 @@ class Tokenizer:
         """Token ids of each text, without BOS/EOS (encoded in parallel by the library)."""
         out = [enc.ids for enc in self._encode_batch(texts, add_special_tokens=False)]
         for i, text in enumerate(texts):
-            if "<" in text and _BASE_SPELLING.search(text):
+            if _spells_a_fixed_special(text):
                 out[i] = self._encode_literally(text)
         return out
 

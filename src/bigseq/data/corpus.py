@@ -238,8 +238,8 @@ def build_shards(
     out_dir = Path(out_dir).resolve() if Path(out_dir).is_symlink() else Path(out_dir)
     tok_json = tokenizer.backend.to_str()
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
-    params = {"format": FORMAT, "version": VERSION, "shard_tokens": shard_tokens, "dtype": dtype.name}
-    params["encoding"] = ENCODING
+    params = {"format": FORMAT, "version": VERSION, "shard_tokens": shard_tokens, "dtype": dtype.name,
+              "encoding": ENCODING}  # fmt: skip
 
     if out_dir.exists() and not out_dir.is_dir():
         raise BigseqError(f"{out_dir}: is a file, not a directory for shards; choose another directory")

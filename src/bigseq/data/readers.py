@@ -164,10 +164,12 @@ def json_object(text: str, where: str, expected: str, fields: tuple[str, ...] = 
         raise DataError(f"{where}: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object with {expected}, got {_kind(obj)}")
-    twice = [name for name in fields if repeats and name in getattr(obj, "repeated", ())]
+    if not repeats:
+        return obj
+    twice = [name for name in fields if name in obj.repeated]  # an _Object: the hook made every object
     if twice:
         raise DataError(f"{where}: the field {twice[0]!r} is given twice")
-    return dict(obj) if repeats else obj
+    return dict(obj)
 
 
 def str_field(obj: dict, name: str, where: str) -> str:
